@@ -1,0 +1,104 @@
+"""Acquisition types: how to recognise each one, and one profile per type.
+
+A profile holds everything that differs between acquisitions (which ROIs are measured
+against which reference region, the default CR method, the threshold), so that adding an
+acquisition type means adding a profile here, not scattering ``if`` statements.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+GREMT, FSE, MTR = "GREMT", "FSE", "MTR"
+ACQ_TYPES = (GREMT, FSE, MTR)
+
+
+@dataclass(frozen=True)
+class AcquisitionProfile:
+    name: str
+    # target ROI -> its reference region (labels of the nmbids atlas)
+    references: dict = field(default_factory=dict)
+    # default method of the ``cr`` measure for each target ROI
+    cr_method: dict = field(default_factory=dict)
+    threshold_k: float = 3.0  # NM-rich voxels: I > ref + k·sd(ref)
+    # reference region of the voxelwise CR map (the one Columbia-style maps use)
+    map_reference: str = "CC"
+    min_coverage: float = 0.5  # below this an ROI is not measured (value n/a)
+    min_voxels: int = 5
+    description: str = ""
+
+
+PROFILES = {
+    GREMT: AcquisitionProfile(
+        name=GREMT,
+        references={"SN": "CC", "VTA": "CC", "LC": "PT"},
+        cr_method={"SN": "threshold", "VTA": "threshold", "LC": "threshold"},
+        description="2D/3D gradient echo with MT preparation; SN/VTA against the crus cerebri, "
+                    "LC against the pontine tegmentum where the slab reaches the pons.",
+    ),
+    FSE: AcquisitionProfile(
+        name=FSE,
+        references={"SN": "CC", "VTA": "CC", "LC": "PT"},
+        cr_method={"SN": "threshold", "VTA": "threshold", "LC": "max_per_slice"},
+        threshold_k=2.0,  # lower contrast than GRE-MT
+        map_reference="PT",
+        description="T1-weighted fast/turbo spin echo; the classic LC protocol, LC measured "
+                    "slice by slice against the pontine tegmentum of the same slice.",
+    ),
+    MTR: AcquisitionProfile(
+        name=MTR,
+        references={"SN": "CC", "VTA": "CC", "LC": "PT"},
+        cr_method={"SN": "threshold", "VTA": "threshold", "LC": "threshold"},
+        description="MT on/off pair; MTR = 100·(off − on)/off and the MT-enhancement on/off.",
+    ),
+}
+
+_NM_ACQ = re.compile(r"(nm|neuromelanin|mtw|mt|fse|tse|lc|locus|melanin)", re.I)
+_FSE_ACQ = re.compile(r"(fse|tse)", re.I)
+
+
+def looks_like_nm(entities: dict, meta: dict) -> bool:
+    """True if the file is an NM-sensitive image (and so must never be taken as the T1w)."""
+    if entities.get("mt") in ("on", "off"):
+        return True
+    if meta.get("MTState") in (True, "true", "True", 1, "ON", "on"):
+        return True
+    return bool(_NM_ACQ.search(str(entities.get("acquisition", ""))))
+
+
+def classify(entities: dict, meta: dict) -> tuple[str | None, list[str]]:
+    """Classify an NM image from its sidecar and entities.
+
+    Order of evidence: the ``mt-`` entity (a pair → MTR); ``ScanningSequence`` (SE vs GR),
+    ``SequenceName`` (Siemens ``*tse``/``*fl``, GE ``FSE``/``GRE``, Philips ``TSE``/``FFE``),
+    ``EchoTrainLength``, ``MTState``; the ``acq-`` label as a fallback.
+    Returns ``(acq_type or None, evidence)``.
+    """
+    evidence = []
+    if entities.get("mt") in ("on", "off"):
+        return MTR, [f"mt-{entities['mt']} entity"]
+    seq = str(meta.get("ScanningSequence", "")).upper()
+    name = str(meta.get("SequenceName", "") or meta.get("PulseSequenceType", "")).lower()
+    etl = meta.get("EchoTrainLength")
+    if seq:
+        evidence.append(f"ScanningSequence={seq}")
+    if name:
+        evidence.append(f"SequenceName={name}")
+    spin_echo = ("SE" in seq and "GR" not in seq) or re.search(r"tse|fse|turbo.?spin|\bse\b|spin", name)
+    gradient = "GR" in seq or re.search(r"fl\d|flash|gre|ffe|spgr|fl3d|fl2d", name)
+    if spin_echo and not gradient:
+        if isinstance(etl, (int, float)):
+            evidence.append(f"EchoTrainLength={etl}")
+        return FSE, evidence
+    if gradient:
+        if meta.get("MTState") is not None:
+            evidence.append(f"MTState={meta.get('MTState')}")
+        return GREMT, evidence
+    if meta.get("MTState") in (True, "true", "True"):
+        return GREMT, evidence + ["MTState=true"]
+    acq = str(entities.get("acquisition", ""))
+    if _FSE_ACQ.search(acq):
+        return FSE, evidence + [f"acq-{acq} label (fallback)"]
+    if _NM_ACQ.search(acq):
+        return GREMT, evidence + [f"acq-{acq} label (fallback)"]
+    return None, evidence

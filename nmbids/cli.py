@@ -1,0 +1,234 @@
+"""``nmbids`` entry point: parse arguments, run a level, map failures to exit codes.
+
+Users see one line per problem; tracebacks go to the log file under OUTPUT_DIR/logs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+# Never contact the network at run time: nipype's version check and telemetry are off.
+os.environ.setdefault("NIPYPE_NO_ET", "1")
+os.environ.setdefault("NO_ET", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from . import __version__  # noqa: E402
+from .errors import (EXIT_CANTCREAT, EXIT_DATA, EXIT_FAILURE, EXIT_NO_FILES, EXIT_NO_INPUT, EXIT_OK,  # noqa: E402
+                     EXIT_UNKNOWN_LEVEL, EXIT_USAGE, EXIT_VALIDATION, NmbidsError)
+from .parser import build_parser  # noqa: E402
+
+LOG = logging.getLogger("nmbids")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args, argv if argv is not None else sys.argv[1:])
+    except NmbidsError as err:
+        LOG.error(err.line())
+        return err.code
+    except KeyboardInterrupt:
+        LOG.error("interrupted")
+        return 130
+    except Exception:  # a bug: one line for the user, the traceback in the log
+        LOG.debug(traceback.format_exc())
+        LOG.error("nmbids failed unexpectedly: %s (traceback in %s)", sys.exc_info()[1],
+                  getattr(LOG, "logfile", "the log"))
+        return EXIT_FAILURE
+
+
+def _setup_logging(output_dir: Path, run_id: str, verbose: int) -> Path:
+    """Console: one-line messages (warnings and above, info with -v). File: everything."""
+    LOG.setLevel(logging.DEBUG)
+    LOG.handlers.clear()
+    LOG.propagate = False
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG)
+    console.setFormatter(logging.Formatter("nmbids %(levelname)s: %(message)s"))
+    LOG.addHandler(console)
+    log_dir = output_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    logfile = log_dir / f"nmbids_{run_id}.log"
+    fh = logging.FileHandler(logfile)
+    fh.setLevel(logging.DEBUG)
+    fh.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    LOG.addHandler(fh)
+    LOG.logfile = logfile
+    return logfile
+
+
+def _check_paths(args) -> None:
+    bids_dir = args.bids_dir.resolve()
+    output_dir = args.output_dir.resolve()
+    if not bids_dir.is_dir():
+        raise NmbidsError(f"BIDS directory {args.bids_dir} does not exist", code=EXIT_NO_INPUT)
+    if not (bids_dir / "dataset_description.json").exists():
+        raise NmbidsError(f"{args.bids_dir} is not a BIDS dataset (no dataset_description.json)",
+                          code=EXIT_NO_INPUT)
+    if output_dir == bids_dir:
+        raise NmbidsError("the output directory must not be the BIDS directory", code=EXIT_USAGE)
+    work = (args.work_dir or Path.cwd() / "work").resolve()
+    if work == bids_dir or bids_dir in work.parents:
+        raise NmbidsError("the work directory must not be inside the BIDS directory", code=EXIT_USAGE)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".nmbids-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NmbidsError(f"cannot write to {err.filename or output_dir}: {err.strerror}",
+                          code=EXIT_CANTCREAT) from None
+    args.bids_dir, args.output_dir, args.work_dir = bids_dir, output_dir, work
+
+
+def run(args, argv) -> int:
+    level = args.analysis_level
+    if level not in ("participant", "group"):
+        print(f"nmbids: error: unknown analysis level {level!r} (use 'participant' or 'group')", file=sys.stderr)
+        return EXIT_UNKNOWN_LEVEL
+    _check_paths(args)
+    from .participant import new_run_id
+
+    run_id = new_run_id()
+    logfile = _setup_logging(args.output_dir, run_id, args.verbose)
+    command = "nmbids " + " ".join(shlex.quote(str(a)) for a in argv)
+    LOG.info("nmbids %s, run %s; log: %s", __version__, run_id, logfile)
+    LOG.debug("command: %s", command)
+    if level == "group":
+        return _group(args)
+    return _participant(args, run_id, command)
+
+
+def _validate(bids_dir: Path) -> None:
+    """Run the BIDS validator when it is installed; errors stop the run (exit 16)."""
+    exe = shutil.which("bids-validator-deno") or shutil.which("bids-validator")
+    if not exe:
+        LOG.warning("BIDS validator not installed: validation skipped")
+        return
+    try:
+        proc = subprocess.run([exe, "--json", str(bids_dir)], capture_output=True, text=True, timeout=600)
+        report = json.loads(proc.stdout or "{}")
+    except (subprocess.TimeoutExpired, ValueError, OSError) as err:
+        LOG.warning("BIDS validator could not run (%s): validation skipped", err)
+        return
+    issues = report.get("issues", {})
+    errors = [i for i in issues.get("issues", []) if i.get("severity") == "error"] \
+        if isinstance(issues, dict) else []
+    if errors:
+        codes = sorted({e.get("code", "?") for e in errors})
+        LOG.debug("validator errors: %s", json.dumps(errors[:50], indent=1))
+        raise NmbidsError(f"{bids_dir} failed BIDS validation ({len(errors)} errors: {', '.join(codes[:5])}); "
+                          "fix the dataset or use --skip-bids-validation", code=EXIT_VALIDATION)
+
+
+def _load_filters(path: Path | None) -> dict:
+    if not path:
+        return {}
+    try:
+        filters = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise NmbidsError(f"cannot read the BIDS filter file: {err}", code=EXIT_USAGE, path=str(path)) from None
+    if not isinstance(filters, dict) or set(filters) - {"t1w", "nm"}:
+        raise NmbidsError("the BIDS filter file must be a JSON object with keys 't1w' and/or 'nm'",
+                          code=EXIT_USAGE, path=str(path))
+    return filters
+
+
+def _participant(args, run_id: str, command: str) -> int:
+    from .atlas import prepare_atlas
+    from .bids import check_label, load_layout, plan_participant, select_participants, strip_prefix
+    from .outputs import write_dataset_description
+    from .participant import run_participant
+    from .templates import get_template
+
+    if args.reports_only:
+        return _reports_only(args)
+    filters = _load_filters(args.bids_filter_file)
+    if not args.skip_bids_validation:
+        _validate(args.bids_dir)
+    nprocs = args.nprocs or os.cpu_count() or 1
+    args.nprocs = nprocs
+    omp = args.omp_nthreads or min(nprocs, 8)
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(omp)
+    os.environ.setdefault("OMP_NUM_THREADS", str(omp))
+
+    labels = [strip_prefix(lbl, "sub-") for lbl in args.participant_label or []]
+    sessions = [check_label(strip_prefix(s, "ses-"), "session") for s in args.session_label or []]
+    layout = load_layout(args.bids_dir, labels or None, args.bids_database_dir)
+    participants = select_participants(layout, labels)
+    try:
+        template = get_template(args.template)
+    except LookupError as err:
+        raise NmbidsError(str(err), code=EXIT_NO_INPUT) from None
+    write_dataset_description(args.output_dir, args.bids_dir)
+    atlas, atlas_table = prepare_atlas(args.output_dir, template, args.atlas)
+    from .reports.participant import write_citation
+    write_citation(args.output_dir, template.name, __version__)
+
+    plans = {p: plan_participant(layout, args.bids_dir, p, sessions or None, filters) for p in participants}
+    if not any(nm for pl in plans.values() for s in pl for nm in s.nm):
+        found = sum(len(s.ignored) for pl in plans.values() for s in pl)
+        raise NmbidsError(f"no NM images found for the selected participants ({found} other anat files seen); "
+                          "nmbids looks for acq-NM/neuromelanin/FSE/... images and mt-on/mt-off pairs",
+                          code=EXIT_NO_FILES)
+    codes = []
+    for participant, pl in plans.items():
+        LOG.info("sub-%s: %d session(s), %d NM image(s)", participant, len(pl), sum(len(s.nm) for s in pl))
+        try:
+            outcome = run_participant(participant, pl, bids_dir=args.bids_dir, output_dir=args.output_dir,
+                                      work_dir=args.work_dir, template=template, atlas=atlas,
+                                      atlas_table=atlas_table, options=args, run_id=run_id, command=command)
+            codes.append(outcome.code)
+        except Exception as err:
+            crash = args.output_dir / f"sub-{participant}" / "log" / run_id / "crash-participant.txt"
+            crash.parent.mkdir(parents=True, exist_ok=True)
+            crash.write_text(traceback.format_exc())
+            LOG.error("sub-%s: failed: %s (see %s)", participant, err, crash)
+            codes.append(EXIT_FAILURE)
+        if args.stop_on_first_crash and codes[-1] != EXIT_OK:
+            break
+    done = sum(c == EXIT_OK for c in codes)
+    print(f"nmbids: {done} of {len(plans)} participant(s) processed without error; outputs in {args.output_dir}",
+          file=sys.stderr)
+    for code in (EXIT_FAILURE, EXIT_DATA, EXIT_NO_INPUT):
+        if code in codes:
+            return code
+    return EXIT_OK
+
+
+def _reports_only(args) -> int:
+    from .reports.participant import generate_participant_report
+
+    subs = sorted(p.name[4:] for p in args.output_dir.glob("sub-*") if p.is_dir())
+    if args.participant_label:
+        from .bids import strip_prefix
+        subs = [s for s in subs if s in {strip_prefix(x, "sub-") for x in args.participant_label}]
+    if not subs:
+        raise NmbidsError("no participant outputs to build reports from", code=EXIT_NO_INPUT)
+    for s in subs:
+        path = generate_participant_report(args.output_dir, s)
+        LOG.info("report: %s", path)
+    return EXIT_OK
+
+
+def _group(args) -> int:
+    from .group.run import run_group
+
+    return run_group(args.bids_dir, args.output_dir, participant_label=args.participant_label,
+                     session_label=args.session_label, group_column=args.group_column,
+                     covariates=tuple(args.covariates), reference_group=args.reference_group,
+                     predictor=args.predictor, robust=args.robust, harmonize=args.harmonize,
+                     n_permutations=args.n_permutations, seed=args.seed, voxelwise=not args.no_voxelwise,
+                     logger=LOG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Exit codes (BIDS execution-spec draft) and the one error type users see."""
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # some participant or step failed; see the crash files
+EXIT_VALIDATION = 16  # dataset failed BIDS validation
+EXIT_UNKNOWN_LEVEL = 17  # unknown analysis level
+EXIT_NO_FILES = 18  # filters selected no files / no NM data in the dataset
+EXIT_USAGE = 64  # command-line usage error
+EXIT_DATA = 65  # bad input data
+EXIT_NO_INPUT = 66  # required input missing
+EXIT_CANTCREAT = 73  # cannot create output
+EXIT_IOERR = 74  # I/O error
+EXIT_TEMPFAIL = 75  # temporary failure
+
+
+class NmbidsError(Exception):
+    """An error with a one-line message for the user and an exit code.
+
+    ``participant`` and ``path`` name what the problem is about, so that the line a user
+    reads always says which participant and which file.
+    """
+
+    def __init__(self, problem: str, *, code: int = EXIT_DATA, participant: str | None = None,
+                 path: str | None = None):
+        self.problem, self.code, self.participant, self.path = problem, code, participant, path
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        parts = [p for p in (self.participant, str(self.path) if self.path else None) if p]
+        return (": ".join(parts) + ": " if parts else "") + self.problem

@@ -1,0 +1,287 @@
+"""Atomic writers for the group outputs, and the data dictionaries of its tables.
+
+Every file is written to a temporary file in the destination folder and then
+renamed over the destination with :func:`os.replace`, so a killed job never
+leaves a truncated file that looks complete (``docs/outputs.md``).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from .errors import EXIT_CANTCREAT, GroupError
+
+NA = "n/a"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` on success.
+
+    The temporary name ends with the destination's name, so that writers that
+    look at the extension (nibabel's ``.nii.gz``, matplotlib's ``.svg``) behave.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix="-" + path.name)
+        os.close(fd)
+    except OSError as exc:
+        raise GroupError(f"cannot create {path}: {exc.strerror or exc}", EXIT_CANTCREAT) from exc
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_text(path: Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: Path, data: dict) -> Path:
+    return write_text(path, json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
+
+
+def _jsonable(obj):
+    """Make numpy scalars, NaN and paths JSON-safe (NaN becomes null)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _column_strings(series: pd.Series) -> list[str]:
+    """One column as TSV cells: floats with 10 significant digits, ``n/a`` for missing."""
+    if pd.api.types.is_float_dtype(series):
+        return [NA if x != x else "%.10g" % x for x in series.to_numpy(dtype=float).tolist()]
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    labels = np.array([str(u) for u in uniques] + [NA], dtype=object)
+    return labels[codes].tolist()  # code -1 (missing) picks the trailing n/a
+
+
+def iter_tsv(df: pd.DataFrame, chunk: int = 50_000):
+    """Yield the TSV text of ``df`` in blocks of ``chunk`` rows (bounded memory)."""
+    yield "\t".join(map(str, df.columns)) + "\n"
+    for start in range(0, len(df), chunk):
+        part = df.iloc[start:start + chunk]
+        cols = [_column_strings(part.iloc[:, j]) for j in range(part.shape[1])]
+        yield "".join("\t".join(row) + "\n" for row in zip(*cols))
+
+
+def tsv_text(df: pd.DataFrame) -> str:
+    """The TSV text nmbids writes: tab-separated, ``n/a`` for missing, 10 significant digits.
+
+    Same text as ``df.to_csv(sep="\\t", na_rep="n/a", float_format="%.10g")``, about twice as
+    fast on large tables (pandas' writer formats cell by cell).
+    """
+    return "".join(iter_tsv(df))
+
+
+def write_tsv(path: Path, df: pd.DataFrame, dictionary: dict, extra: dict | None = None) -> Path:
+    """Write ``df`` and its JSON data dictionary (``path`` with ``.json``).
+
+    ``dictionary`` maps column name to ``{"Description": ..., ["Units": ...]}``;
+    every column of ``df`` must be described. ``extra`` adds top-level keys
+    (e.g. the model that made the table).
+    """
+    missing = [c for c in df.columns if c not in dictionary]
+    if missing:
+        raise ValueError(f"columns without a description in the data dictionary: {missing}")
+    meta = {c: dictionary[c] for c in df.columns}
+    if extra:
+        meta.update(extra)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+        for block in iter_tsv(df):
+            fh.write(block)
+    write_json(Path(str(path)[: -len(".tsv")] + ".json"), meta)
+    return Path(path)
+
+
+def save_with(path: Path, writer: Callable[[Path], None]) -> Path:
+    """Run ``writer(tmp_path)`` and rename the result to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+    return Path(path)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Save a matplotlib figure atomically (SVG without a date, so reruns are identical)."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".")
+    metadata = {"Date": None} if fmt == "svg" else None
+
+    def _write(tmp: Path) -> None:
+        # constrained layout does the fitting; bbox_inches="tight" would draw the figure twice
+        fig.savefig(tmp, format=fmt, metadata=metadata, dpi=100)
+
+    return save_with(path, _write)
+
+
+def save_nifti(img, path: Path, sidecar: dict | None = None) -> Path:
+    save_with(path, lambda tmp: img.to_filename(str(tmp)))
+    if sidecar is not None:
+        write_json(Path(str(path).replace(".nii.gz", ".json")), sidecar)
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------
+# Data dictionaries (also the source of docs/group.md)
+# ---------------------------------------------------------------------------
+
+MEASURE_COLUMNS_DOC = {
+    "participant_id": {"Description": "Participant label, sub-<label>."},
+    "session_id": {"Description": "Session label, ses-<label>, or n/a when the dataset has no sessions."},
+    "source": {"Description": "The NM file the value was measured on, relative to the BIDS root."},
+    "acq_type": {"Description": "Acquisition type of the source.",
+                 "Levels": {"GREMT": "gradient echo with MT pre-pulses", "FSE": "T1-weighted fast/turbo spin echo",
+                            "MTR": "MT ratio from an MT-on/MT-off pair"}},
+    "roi": {"Description": "Region: SN, VTA, LC, LC_rostral, LC_middle, LC_caudal, or a reference region "
+                           "(CC crus cerebri, PT pontine tegmentum)."},
+    "hemi": {"Description": "Hemisphere.", "Levels": {"L": "left", "R": "right", "bilateral": "both"}},
+    "measure": {"Description": "Measure name (see the participant-level data dictionary and docs/outputs.md)."},
+    "value": {"Description": "The value of the measure; n/a when it could not be measured honestly."},
+    "unit": {"Description": "Unit of value: ratio, mm3, fraction, percent or a.u."},
+    "method": {"Description": "How the value was made (roi_mean, threshold, max_per_slice, ...)."},
+    "reference": {"Description": "Reference region (CC, PT) or n/a."},
+    "ref_stat": {"Description": "Reference statistic: mode, median or mean, or n/a."},
+}
+
+QC_COLUMNS_DOC = {
+    "participant_id": MEASURE_COLUMNS_DOC["participant_id"],
+    "session_id": MEASURE_COLUMNS_DOC["session_id"],
+    "source": MEASURE_COLUMNS_DOC["source"],
+    "acq_type": MEASURE_COLUMNS_DOC["acq_type"],
+    "n_repeats": {"Description": "Number of repeats averaged."},
+    "motion_mean_mm": {"Description": "Mean displacement of the repeats relative to the first.", "Units": "mm"},
+    "motion_max_mm": {"Description": "Maximum displacement of the repeats relative to the first.", "Units": "mm"},
+    "snr": {"Description": "Signal-to-noise ratio of the NM image.", "Units": "ratio"},
+    "nm2t1w_similarity": {"Description": "Similarity of the NM image to the T1w after registration."},
+    "t1w2template_similarity": {"Description": "Similarity of the T1w to the template after registration."},
+    "coverage_SN": {"Description": "Fraction of the SN atlas ROI inside the NM slab.", "Units": "fraction"},
+    "coverage_VTA": {"Description": "Fraction of the VTA atlas ROI inside the NM slab.", "Units": "fraction"},
+    "coverage_LC": {"Description": "Fraction of the LC atlas ROI inside the NM slab.", "Units": "fraction"},
+    "flags": {"Description": "QC flags raised at the participant level, ';'-separated, n/a when none."},
+}
+
+MEASURE_DOC = {
+    "cr": ("contrast ratio (I - ref(R)) / ref(R), the default method", "ratio"),
+    "cr_roimean": ("contrast ratio of the ROI mean", "ratio"),
+    "cr_threshold": ("contrast ratio of the suprathreshold voxels", "ratio"),
+    "cnr": ("contrast-to-noise ratio (I - mean(R)) / sd(R)", "ratio"),
+    "volume_mm3": ("volume of the voxels above ref(R) + k sd(R)", "mm3"),
+    "coverage": ("fraction of the ROI inside the NM slab", "fraction"),
+    "reference_value": ("ref(R), the reference-region intensity", "a.u."),
+    "mtr": ("magnetization transfer ratio 100 (off - on) / off", "percent"),
+    "mt_enhancement": ("MT enhancement on / off", "ratio"),
+}
+
+STATS_COLUMNS_DOC = {
+    "roi": MEASURE_COLUMNS_DOC["roi"],
+    "hemi": MEASURE_COLUMNS_DOC["hemi"],
+    "measure": MEASURE_COLUMNS_DOC["measure"],
+    "term": {"Description": "Model term. Group contrasts are '<column>[<level> vs <reference>]'; a continuous "
+                            "predictor or covariate is its column name; a categorical covariate is "
+                            "'<column>[<level> vs <first level>]'."},
+    "estimate": {"Description": "OLS coefficient of the term: the covariate-adjusted mean difference for a group "
+                                "contrast, the change in the outcome per unit of a continuous term.",
+                 "Units": "unit of the measure (per unit of the term for continuous terms)"},
+    "se": {"Description": "Standard error of the estimate (classical OLS, or HC3 heteroskedasticity-consistent "
+                          "when the robust option is on)."},
+    "ci_low": {"Description": "Lower bound of the 95% confidence interval of the estimate (t distribution)."},
+    "ci_high": {"Description": "Upper bound of the 95% confidence interval of the estimate (t distribution)."},
+    "p": {"Description": "Two-sided p-value of the t-test of the estimate."},
+    "p_fdr": {"Description": "Benjamini-Hochberg FDR-adjusted p over the family of all group-contrast (or "
+                             "predictor) rows of this table; n/a for covariate rows."},
+    "effect_size": {"Description": "Hedges' g for group contrasts (covariate-adjusted mean difference divided by "
+                                   "the unadjusted pooled within-group SD of the two groups, times the small-sample "
+                                   "correction 1 - 3/(4(n1+n2)-9)); standardized beta b*sd(x)/sd(y) for every other "
+                                   "term (x the design column, 0/1 for a categorical level)."},
+    "n": {"Description": "Number of participants in the model."},
+}
+
+CHANGE_COLUMNS_DOC = {
+    "roi": MEASURE_COLUMNS_DOC["roi"],
+    "hemi": MEASURE_COLUMNS_DOC["hemi"],
+    "measure": MEASURE_COLUMNS_DOC["measure"],
+    "session_from": {"Description": "Baseline session: the participant's earliest session (natural sort of labels)."},
+    "session_to": {"Description": "The later session compared with session_from."},
+    "n": {"Description": "Participants with a value in both sessions."},
+    "mean_from": {"Description": "Mean value in session_from over those participants."},
+    "mean_to": {"Description": "Mean value in session_to over those participants."},
+    "mean_change": {"Description": "Mean within-participant change, value(session_to) - value(session_from)."},
+    "sd_change": {"Description": "Standard deviation (ddof=1) of the within-participant change."},
+    "t": {"Description": "Paired t statistic (scipy.stats.ttest_rel)."},
+    "p": {"Description": "Two-sided p-value of the paired t-test."},
+    "p_fdr": {"Description": "Benjamini-Hochberg FDR-adjusted p over all rows of this table."},
+}
+
+PARTICIPANTS_COLUMNS_DOC = {
+    "participant_id": MEASURE_COLUMNS_DOC["participant_id"],
+    "sessions": {"Description": "Sessions whose measures were collected, ';'-separated (n/a: none, or no sessions)."},
+    "has_measures": {"Description": "yes when at least one readable measures table with a finite value was found."},
+    "in_stats": {"Description": "yes when the participant entered the ROI models (group_stats.tsv); "
+                                "n/a when no model was fitted."},
+    "in_voxelwise": {"Description": "yes when the participant's contrast-ratio map entered the voxelwise test; "
+                                    "n/a when it was not run."},
+    "reason": {"Description": "Why the participant (or part of its data) was left out, n/a when nothing was."},
+}
+
+OUTLIER_COLUMNS_DOC = {
+    "participant_id": MEASURE_COLUMNS_DOC["participant_id"],
+    "session_id": MEASURE_COLUMNS_DOC["session_id"],
+    "variable": {"Description": "The flagged variable: '<roi>_<hemi>_<measure>' or a QC metric."},
+    "value": {"Description": "The flagged value."},
+    "robust_z": {"Description": "0.6745 (value - median) / MAD over all participants and sessions; flagged when "
+                                "|robust_z| > 3.5 (Iglewicz and Hoaglin 1993)."},
+}
+
+CLUSTER_COLUMNS_DOC = {
+    "cluster_id": {"Description": "Cluster number (sub-peaks get a letter suffix), from "
+                                  "nilearn.reporting.get_clusters_table."},
+    "x": {"Description": "Peak x coordinate (template space).", "Units": "mm"},
+    "y": {"Description": "Peak y coordinate (template space).", "Units": "mm"},
+    "z": {"Description": "Peak z coordinate (template space).", "Units": "mm"},
+    "peak_t": {"Description": "t statistic at the peak (sign gives the direction of the contrast)."},
+    "cluster_size_mm3": {"Description": "Volume of the cluster of FWE-significant voxels.", "Units": "mm3"},
+    "region": {"Description": "nmbids atlas region at the peak (n/a outside the atlas)."},
+}
+
+
+def outcome_doc(column: str, roi: str, hemi: str, measure: str) -> dict:
+    desc, unit = MEASURE_DOC.get(measure, (measure, None))
+    out = {"Description": f"{desc}; region {roi}, hemisphere {hemi}."}
+    if unit:
+        out["Units"] = unit
+    return out

@@ -1,0 +1,1 @@
+"""Thin nipype interfaces: read files, call plain functions, write files."""

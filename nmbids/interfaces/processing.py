@@ -1,0 +1,277 @@
+"""Thin nipype interfaces around the ANTsPy registration and the measures.
+
+Each interface reads files, calls plain functions (``registration``, ``quantify``) and writes
+files in its own node folder; nipype caches them, so a re-run with the same work directory
+resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject, SimpleInterface,
+                                    TraitedSpec, isdefined, traits)
+
+
+def _ants():
+    import ants  # imported in the worker: nipype may run nodes in other processes
+
+    return ants
+
+
+class _AnatInputSpec(BaseInterfaceInputSpec):
+    t1w = File(exists=True, mandatory=True)
+    template = traits.Str(mandatory=True, desc="space label of the template")
+    quality = traits.Enum("default", "fast", usedefault=True)
+
+
+class _AnatOutputSpec(TraitedSpec):
+    t1w_preproc = File(exists=True)
+    t1w_template = File(exists=True)
+    affine = File(exists=True)
+    warp = File(exists=True)
+    invwarp = File(exists=True)
+    similarity = traits.Float()
+
+
+class AnatToTemplate(SimpleInterface):
+    """N4-correct the T1w and register it to the template (brainstem-focused SyN)."""
+
+    input_spec = _AnatInputSpec
+    output_spec = _AnatOutputSpec
+
+    def _run_interface(self, runtime):
+        ants = _ants()
+        from ..registration import n4, t1w_to_template
+        from ..templates import get_template
+
+        tpl = get_template(self.inputs.template)
+        t1 = n4(ants.image_read(self.inputs.t1w, dimension=3))
+        template = ants.image_read(str(tpl.t1w))
+        mask = ants.image_read(str(tpl.brain_mask))
+        mask = ants.threshold_image(mask, 0.5 if mask.max() <= 1 else 1, float(mask.max()) + 1)
+        res = t1w_to_template(t1, template, mask, os.path.join(runtime.cwd, "t1w2tpl_"),
+                              quality=self.inputs.quality)
+        out = {k: os.path.join(runtime.cwd, f) for k, f in
+               (("t1w_preproc", "t1w_preproc.nii.gz"), ("t1w_template", "t1w_template.nii.gz"))}
+        t1.to_file(out["t1w_preproc"])
+        res["warped"].to_file(out["t1w_template"])
+        self._results.update(out, affine=res["affine"], warp=res["warp"], invwarp=res["invwarp"],
+                             similarity=res["similarity"])
+        return runtime
+
+
+class _PrepareInputSpec(BaseInterfaceInputSpec):
+    in_files = InputMultiObject(File(exists=True), mandatory=True, desc="runs, or one 4D file")
+    mt_off = File(exists=True, desc="the mt-off partner of an MT pair")
+
+
+class _PrepareOutputSpec(TraitedSpec):
+    nm_preproc = File(exists=True)
+    mt_off_preproc = File(desc="mt-off realigned to the (averaged) mt-on")
+    motion = traits.List(traits.Float(), desc="per repeat, mm, relative to the first")
+
+
+class PrepareNM(SimpleInterface):
+    """Realign and average the repeats, then N4-correct; for MT pairs also realign the off image."""
+
+    input_spec = _PrepareInputSpec
+    output_spec = _PrepareOutputSpec
+
+    def _run_interface(self, runtime):
+        ants = _ants()
+        from ..registration import n4, realign_repeats
+
+        repeats = []
+        for f in self.inputs.in_files:
+            img = ants.image_read(f)
+            repeats += ants.ndimage_to_list(img) if img.dimension == 4 else [img]
+        prefix = os.path.join(runtime.cwd, "rep_")
+        mean, motion = realign_repeats(repeats, prefix) if len(repeats) > 1 else (repeats[0], [0.0])
+        nm = n4(mean)
+        out = os.path.join(runtime.cwd, "nm_preproc.nii.gz")
+        nm.to_file(out)
+        self._results.update(nm_preproc=out, motion=motion)
+        if isdefined(self.inputs.mt_off):
+            off = ants.image_read(self.inputs.mt_off)
+            if off.dimension == 4:
+                off = ants.ndimage_to_list(off)[0]
+            # The same bias field applies to both images of a pair: correct the off image
+            # with the field estimated on the on image, so the ratio keeps no bias.
+            field = nm / ants.image_clone(mean, pixeltype="float").apply(lambda x: x + 1e-6)
+            reg = ants.registration(fixed=mean, moving=off, type_of_transform="Rigid",
+                                    initial_transform="Identity", aff_random_sampling_rate=1.0,
+                                    outprefix=os.path.join(runtime.cwd, "off_"))
+            off_c = reg["warpedmovout"] * field
+            off_path = os.path.join(runtime.cwd, "mt_off_preproc.nii.gz")
+            off_c.to_file(off_path)
+            self._results["mt_off_preproc"] = off_path
+        return runtime
+
+
+class _CoregInputSpec(BaseInterfaceInputSpec):
+    nm = File(exists=True, mandatory=True)
+    t1w = File(exists=True, mandatory=True)
+
+
+class _CoregOutputSpec(TraitedSpec):
+    rigid = File(exists=True, desc="ANTs rigid mapping NM points to T1w points")
+    nm_t1w = File(exists=True)
+    similarity = traits.Float()
+    similarity_headers = traits.Float()
+    shift_mm = traits.Float()
+
+
+class CoregNM(SimpleInterface):
+    """Rigid NM ↔ T1w from the scanner headers, metric restricted to the slab."""
+
+    input_spec = _CoregInputSpec
+    output_spec = _CoregOutputSpec
+
+    def _run_interface(self, runtime):
+        ants = _ants()
+        from ..registration import nm_to_t1w, push_nm_to_t1w
+
+        nm, t1 = ants.image_read(self.inputs.nm), ants.image_read(self.inputs.t1w)
+        res = nm_to_t1w(nm, t1, os.path.join(runtime.cwd, "nm2t1w_"))
+        out = os.path.join(runtime.cwd, "nm_t1w.nii.gz")
+        push_nm_to_t1w(nm, t1, res["rigid"]).to_file(out)
+        self._results.update(rigid=res["rigid"], nm_t1w=out, similarity=res["similarity"],
+                             similarity_headers=res["similarity_headers"], shift_mm=res["shift_mm"])
+        return runtime
+
+
+class _QuantInputSpec(BaseInterfaceInputSpec):
+    nm = File(exists=True, mandatory=True)
+    mt_off = File(exists=True, desc="realigned mt-off (MTR pairs)")
+    rigid = File(exists=True, mandatory=True)
+    affine = File(exists=True, mandatory=True)
+    warp = File(exists=True, mandatory=True)
+    invwarp = File(exists=True, mandatory=True)
+    atlas = File(exists=True, mandatory=True)
+    atlas_table = File(exists=True, mandatory=True)
+    template = traits.Str(mandatory=True)
+    acq_type = traits.Str(mandatory=True)
+    ref_stat = traits.Enum("mode", "median", "mean", usedefault=True)
+
+
+class _QuantOutputSpec(TraitedSpec):
+    dseg = File(exists=True)
+    crmap = File(exists=True)
+    nm_template = File(exists=True)
+    mtr_native = File()
+    mtr_template = File()
+    results = File(exists=True, desc="JSON: measure rows, reference values, coverage")
+
+
+class QuantifyNM(SimpleInterface):
+    """Pull the atlas into NM space, measure, and push the CR map to the template."""
+
+    input_spec = _QuantInputSpec
+    output_spec = _QuantOutputSpec
+
+    def _run_interface(self, runtime):
+        ants = _ants()
+        import pandas as pd
+
+        from .. import measures
+        from ..acquisitions import PROFILES
+        from ..quantify import qc_snr, quantify, region_masks
+        from ..registration import pull_atlas_to_nm, push_nm_to_template
+        from ..templates import get_template
+
+        xfm = {"affine": self.inputs.affine, "warp": self.inputs.warp, "invwarp": self.inputs.invwarp}
+        profile = PROFILES[self.inputs.acq_type]
+        nm = ants.image_read(self.inputs.nm)
+        atlas = ants.image_read(self.inputs.atlas)
+        template = ants.image_read(str(get_template(self.inputs.template).t1w))
+        table = pd.read_csv(self.inputs.atlas_table, sep="\t")
+        cwd = runtime.cwd
+
+        dseg = pull_atlas_to_nm(atlas, nm, xfm, self.inputs.rigid)
+        dseg_path = os.path.join(cwd, "dseg.nii.gz")
+        dseg.to_file(dseg_path)
+
+        # Coverage: the slab's support pushed to the template, against each template ROI.
+        ones = ants.from_numpy(np.ones(nm.shape, np.float32), origin=nm.origin, spacing=nm.spacing,
+                               direction=nm.direction)
+        slab_tpl = push_nm_to_template(ones, template, xfm, self.inputs.rigid).numpy()
+        slab_tpl = np.nan_to_num(slab_tpl) > 0.5
+        atlas_arr = atlas.numpy().astype(int)
+        tpl_masks = region_masks(atlas_arr, table)
+        coverage = {k: measures.coverage(v, slab_tpl) for k, v in tpl_masks.items()}
+
+        image = nm.numpy()
+        mtr_arr = None
+        if isdefined(self.inputs.mt_off):
+            off = ants.image_read(self.inputs.mt_off).numpy()
+            mtr_arr = measures.mtr(image, off)
+        # slices are the third voxel axis of an axial slab; is it ordered inferior→superior?
+        direction = np.asarray(nm.direction)[:, 2]
+        inferior_first = direction[2] >= 0  # LPS and RAS agree on the z axis
+        vox = float(np.prod(nm.spacing))
+        rows, refs = quantify(image, dseg.numpy().astype(int), table, coverage, profile,
+                              self.inputs.ref_stat, vox, slice_axis=2, inferior_first=inferior_first)
+        if mtr_arr is not None:
+            rows += _mtr_rows(mtr_arr, image, off, dseg.numpy().astype(int), table, coverage, profile)
+
+        ref = refs.get(profile.map_reference, {}).get("value", np.nan)
+        cr_native = measures.contrast_ratio(image, ref) if np.isfinite(ref) else np.full(image.shape, np.nan)
+        cr_img = ants.from_numpy(np.nan_to_num(cr_native).astype(np.float32), origin=nm.origin,
+                                 spacing=nm.spacing, direction=nm.direction)
+        cr_tpl = push_nm_to_template(cr_img, template, xfm, self.inputs.rigid)
+        cr_arr = cr_tpl.numpy()
+        cr_arr[~slab_tpl] = np.nan
+        out = {k: os.path.join(cwd, f"{k}.nii.gz") for k in ("crmap", "nm_template")}
+        ants.from_numpy(cr_arr, origin=template.origin, spacing=template.spacing,
+                        direction=template.direction).to_file(out["crmap"])
+        nm_tpl = push_nm_to_template(nm, template, xfm, self.inputs.rigid).numpy()
+        nm_tpl[~slab_tpl] = 0
+        ants.from_numpy(np.nan_to_num(nm_tpl), origin=template.origin, spacing=template.spacing,
+                        direction=template.direction).to_file(out["nm_template"])
+        if mtr_arr is not None:
+            mtr_img = ants.from_numpy(np.nan_to_num(mtr_arr).astype(np.float32), origin=nm.origin,
+                                      spacing=nm.spacing, direction=nm.direction)
+            out["mtr_native"] = os.path.join(cwd, "mtr_native.nii.gz")
+            mtr_img.to_file(out["mtr_native"])
+            mtr_tpl = push_nm_to_template(mtr_img, template, xfm, self.inputs.rigid).numpy()
+            mtr_tpl[~slab_tpl] = np.nan
+            out["mtr_template"] = os.path.join(cwd, "mtr_template.nii.gz")
+            ants.from_numpy(mtr_tpl, origin=template.origin, spacing=template.spacing,
+                            direction=template.direction).to_file(out["mtr_template"])
+
+        results = {
+            "rows": rows,
+            "references": {k: {kk: vv for kk, vv in v.items() if kk != "values"} for k, v in refs.items()},
+            "coverage": {f"{roi}_{hemi}": cov for (roi, hemi), cov in coverage.items()},
+            "snr": qc_snr(refs, profile.map_reference),
+            "map_reference": profile.map_reference,
+        }
+        out["results"] = os.path.join(cwd, "results.json")
+        with open(out["results"], "w") as fh:
+            json.dump(results, fh, default=lambda x: None if x != x else float(x))
+        self._results.update(dseg=dseg_path, **out)
+        return runtime
+
+
+def _mtr_rows(mtr_arr, on, off, dseg, table, coverage, profile):
+    """ROI means of MTR (percent) and of the MT enhancement on/off for MT pairs."""
+    from .. import measures
+    from ..quantify import HEMIS, region_masks
+
+    masks = region_masks(dseg, table)
+    enh = measures.mt_enhancement(on, off)
+    rows = []
+    for roi in profile.references:
+        for hemi in HEMIS:
+            cov = coverage.get((roi, hemi), np.nan)
+            ok = np.isfinite(cov) and cov >= profile.min_coverage and (roi, hemi) in masks
+            sel = masks[(roi, hemi)] if ok else None
+            for name, arr, unit in (("mtr", mtr_arr, "percent"), ("mt_enhancement", enh, "ratio")):
+                vals = arr[sel] if sel is not None else np.array([])
+                vals = vals[np.isfinite(vals)]
+                value = float(np.mean(vals)) if vals.size >= profile.min_voxels else None
+                rows.append(dict(roi=roi, hemi=hemi, measure=name, value=value, unit=unit,
+                                 method="roi_mean", reference="n/a", ref_stat="n/a"))
+    return rows

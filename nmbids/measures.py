@@ -1,0 +1,335 @@
+"""Outcome measures for neuromelanin-sensitive MRI, as pure numpy functions.
+
+No I/O here: callers pass arrays of intensities (or masks) and get numbers back,
+so every formula can be unit-tested by hand.
+
+Conventions shared by all functions:
+
+* Non-finite inputs (NaN, and +/-inf) are voxels we cannot trust, typically
+  voxels outside the NM slab after resampling. They are ignored.
+* When too few valid values remain (``min_voxels``) the result is
+  ``float('nan')``: a missing value is honest, a number made from two voxels
+  is not.
+* Intensities are in the arbitrary units (a.u.) of the image; contrast ratios
+  and CNR are unitless ratios.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy.stats import gaussian_kde
+
+MIN_VOXELS = 5
+REF_STATS = ("mode", "median", "mean")
+# Points of the grid on which the kernel density is evaluated to find the mode.
+KDE_GRID_POINTS = 512
+NAN = float("nan")
+
+
+def _finite(values: ArrayLike) -> np.ndarray:
+    """Return the finite values of ``values`` as a flat float array."""
+    arr = np.asarray(values, dtype=float).ravel()
+    return arr[np.isfinite(arr)]
+
+
+def _sd(values: np.ndarray) -> float:
+    """Sample standard deviation (ddof=1) of already-finite values."""
+    return float(np.std(values, ddof=1))
+
+
+def reference_value(values: ArrayLike, stat: str = "mode",
+                    min_voxels: int = MIN_VOXELS) -> float:
+    """Summary intensity ref(R) of the reference region R.
+
+    ``stat`` is one of:
+
+    * ``"mode"``: argmax over x of the Gaussian kernel density estimate
+      f(x) = 1/(n h) * sum_i phi((x - R_i) / h), with Scott's bandwidth
+      (scipy.stats.gaussian_kde, h = sd(R) * n**(-1/5)), evaluated on
+      512 equally spaced points from min(R) to max(R). The mode resists the
+      tail of bright or dark partial-volume voxels that pulls the mean.
+    * ``"median"``: median(R).
+    * ``"mean"``: mean(R).
+
+    Units: those of the image (a.u.). Non-finite values are ignored. Returns
+    NaN when fewer than ``min_voxels`` finite values remain; constant input
+    returns that constant (the density has no width to estimate).
+
+    Raises ValueError for an unknown ``stat``.
+    """
+    if stat not in REF_STATS:
+        raise ValueError(f"unknown reference statistic {stat!r}; use one of {REF_STATS}")
+    r = _finite(values)
+    if r.size < min_voxels:
+        return NAN
+    if stat == "median":
+        return float(np.median(r))
+    if stat == "mean":
+        return float(np.mean(r))
+    lo, hi = float(r.min()), float(r.max())
+    if lo == hi:
+        # gaussian_kde fails on zero variance; the mode of a constant is itself.
+        return lo
+    grid = np.linspace(lo, hi, KDE_GRID_POINTS)
+    density = gaussian_kde(r, bw_method="scott")(grid)
+    return float(grid[np.argmax(density)])
+
+
+def contrast_ratio(values: ArrayLike, ref: float) -> np.ndarray:
+    """Voxelwise contrast ratio CR = (I - ref) / ref (unitless).
+
+    Returns a float array with the shape of ``values``; non-finite voxels stay
+    NaN. When ``ref`` is NaN or <= 0 the ratio has no meaning and the whole
+    map is NaN.
+    """
+    arr = np.asarray(values, dtype=float)
+    if not np.isfinite(ref) or ref <= 0:
+        return np.full(arr.shape, NAN)
+    return (arr - ref) / ref
+
+
+def cr_roimean(values: ArrayLike, ref: float, min_voxels: int = MIN_VOXELS) -> float:
+    """ROI-mean contrast ratio: mean over ROI voxels i of (I_i - ref) / ref.
+
+    Unitless. Non-finite voxels are ignored; NaN when fewer than
+    ``min_voxels`` finite voxels remain or when ref is NaN or <= 0.
+    """
+    cr = _finite(contrast_ratio(values, ref))
+    if cr.size < min_voxels:
+        return NAN
+    return float(np.mean(cr))
+
+
+def threshold_mask(values: ArrayLike, ref: float, ref_sd: float, k: float = 3.0) -> np.ndarray:
+    """Voxels brighter than the reference: I > ref + k * sd (strict inequality).
+
+    ``ref_sd`` is the standard deviation of the reference region, in the same
+    units as I. Returns a bool array with the shape of ``values``. Non-finite
+    voxels are False; when ref or ref_sd is not finite no voxel can pass and
+    the mask is all False (check the reference before reading a volume of 0).
+    """
+    arr = np.asarray(values, dtype=float)
+    if not (np.isfinite(ref) and np.isfinite(ref_sd)):
+        return np.zeros(arr.shape, dtype=bool)
+    # NaN > x is False, so voxels outside the slab never pass.
+    return arr > ref + k * ref_sd
+
+
+def cr_threshold(values: ArrayLike, ref: float, ref_sd: float, k: float = 3.0,
+                 min_voxels: int = MIN_VOXELS) -> float:
+    """Mean contrast ratio of supra-threshold voxels.
+
+    mean over {i : I_i > ref + k * sd} of (I_i - ref) / ref, unitless.
+    NaN when fewer than ``min_voxels`` voxels pass the threshold, or when ref
+    is NaN or <= 0.
+    """
+    arr = np.asarray(values, dtype=float)
+    above = arr[threshold_mask(arr, ref, ref_sd, k)]
+    if above.size < min_voxels:
+        return NAN
+    cr = contrast_ratio(above, ref)
+    return float(np.mean(cr)) if np.all(np.isfinite(cr)) else NAN
+
+
+def cnr(values: ArrayLike, ref_values: ArrayLike, min_voxels: int = MIN_VOXELS) -> float:
+    """Contrast-to-noise ratio CNR = (mean(I) - mean(R)) / sd(R), unitless.
+
+    sd is the sample standard deviation (ddof=1) of the reference voxels R.
+    Non-finite voxels are ignored; NaN when either region has fewer than
+    ``min_voxels`` finite voxels or when sd(R) is 0.
+    """
+    i, r = _finite(values), _finite(ref_values)
+    if i.size < min_voxels or r.size < max(min_voxels, 2):
+        return NAN
+    sd = _sd(r)
+    if sd == 0:
+        return NAN
+    return float((np.mean(i) - np.mean(r)) / sd)
+
+
+def volume_mm3(mask: ArrayLike, voxel_volume_mm3: float) -> float:
+    """Volume of a mask: V = (number of voxels in mask) * voxel volume, in mm3.
+
+    ``mask`` may be bool or numeric; a voxel counts when its value is > 0
+    (NaN does not count). An empty mask gives 0.0, not NaN: the caller decides
+    whether 0 is honest (e.g. the threshold was undefined).
+    """
+    count = np.count_nonzero(np.asarray(mask, dtype=float) > 0)
+    return float(count * voxel_volume_mm3)
+
+
+def coverage(roi_weights: ArrayLike, inside_slab: ArrayLike) -> float:
+    """Fraction of the ROI inside the slab: sum(w * inside) / sum(w), in [0, 1].
+
+    ``roi_weights`` w are binary (a mask) or fractional (a probabilistic ROI);
+    non-finite weights count as 0. ``inside_slab`` is a bool (or 0/1) array of
+    the same shape. NaN for an empty ROI (sum(w) == 0).
+    """
+    w = np.nan_to_num(np.asarray(roi_weights, dtype=float), nan=0.0, posinf=0.0, neginf=0.0)
+    inside = np.asarray(inside_slab, dtype=bool)
+    total = w.sum()
+    if total <= 0:
+        return NAN
+    return float((w * inside).sum() / total)
+
+
+def slice_max_cr(image: ArrayLike, roi_mask: ArrayLike, ref_mask: ArrayLike, axis: int = 2,
+                 n_max: int = 3, stat: str = "median",
+                 min_voxels: int = MIN_VOXELS) -> np.ndarray:
+    """Slice-wise maximum-intensity contrast ratio (LC method, USC/Tona style).
+
+    For each slice s along ``axis``:
+
+        CR_s = (mean of the n_max brightest ROI voxels in s - ref_s) / ref_s,
+        ref_s = reference_value(reference voxels in s, stat).
+
+    Taking the brightest voxels rather than the ROI mean limits the partial
+    volume of a thin nucleus (the LC) in thick slices; taking the reference in
+    the same slice removes slice-to-slice intensity drift.
+
+    A slice is NaN when it has fewer than ``n_max`` finite ROI voxels or fewer
+    than ``min_voxels`` finite reference voxels (or ref_s <= 0). Non-finite
+    image voxels are ignored. Returns a float array of length
+    ``image.shape[axis]``, unitless, in slice index order.
+    """
+    img = np.moveaxis(np.asarray(image, dtype=float), axis, 0)
+    roi = np.moveaxis(np.asarray(roi_mask, dtype=bool), axis, 0)
+    ref = np.moveaxis(np.asarray(ref_mask, dtype=bool), axis, 0)
+    out = np.full(img.shape[0], NAN)
+    for s in range(img.shape[0]):
+        roi_vals = _finite(img[s][roi[s]])
+        if roi_vals.size < n_max:
+            continue
+        ref_s = reference_value(img[s][ref[s]], stat=stat, min_voxels=min_voxels)
+        brightest = np.sort(roi_vals)[-n_max:].mean()
+        out[s] = contrast_ratio(brightest, ref_s)
+    return out
+
+
+def split_thirds(profile: ArrayLike) -> tuple[float, float, float]:
+    """Rostral, middle and caudal means of a per-slice profile.
+
+    ``profile`` is ordered inferior -> superior (index 0 most inferior), so the
+    caller must make sure the slice axis runs upward (e.g. RAS orientation).
+    The finite entries are kept in order and cut into three contiguous groups
+    as equal as possible; the split is kept symmetric so that rostral and
+    caudal always get the same number of slices (n = 7 -> 2/3/2,
+    n = 8 -> 3/2/3). Returns (mean of superior third, mean of middle third,
+    mean of inferior third) = (rostral, middle, caudal). All NaN when fewer
+    than 3 finite entries.
+    """
+    p = _finite(profile)
+    n = p.size
+    if n < 3:
+        return (NAN, NAN, NAN)
+    base, rem = divmod(n, 3)
+    # rem == 1: the extra slice goes to the middle; rem == 2: one to each end.
+    outer = base + (1 if rem == 2 else 0)
+    caudal, middle, rostral = p[:outer], p[outer:n - outer], p[n - outer:]
+    return (float(rostral.mean()), float(middle.mean()), float(caudal.mean()))
+
+
+def _safe_divide_by_off(numerator: np.ndarray, off: np.ndarray, eps: float) -> np.ndarray:
+    """numerator / off where off > eps and both are finite, NaN elsewhere."""
+    num, den = np.broadcast_arrays(np.asarray(numerator, dtype=float), np.asarray(off, dtype=float))
+    out = np.full(num.shape, NAN)
+    ok = np.isfinite(num) & np.isfinite(den) & (den > eps)
+    out[ok] = num[ok] / den[ok]
+    return out
+
+
+def mtr(mt_on: ArrayLike, mt_off: ArrayLike, eps: float = 1e-6) -> np.ndarray:
+    """Magnetization-transfer ratio MTR = 100 * (M_off - M_on) / M_off, in percent.
+
+    Elementwise on co-registered MT-on and MT-off images. NaN where M_off <= eps
+    (background, where the ratio is noise divided by noise) or where either
+    input is not finite.
+    """
+    on = np.asarray(mt_on, dtype=float)
+    off = np.asarray(mt_off, dtype=float)
+    return 100.0 * _safe_divide_by_off(off - on, off, eps)
+
+
+def mt_enhancement(mt_on: ArrayLike, mt_off: ArrayLike, eps: float = 1e-6) -> np.ndarray:
+    """MT enhancement ("signal integrity") map M_on / M_off, unitless.
+
+    Elementwise; NaN where M_off <= eps or either input is not finite.
+    """
+    return _safe_divide_by_off(mt_on, mt_off, eps)
+
+
+def snr(signal_values: ArrayLike, noise_values: ArrayLike, min_voxels: int = MIN_VOXELS) -> float:
+    """Two-region signal-to-noise ratio SNR = mean(S) / sd(N), unitless.
+
+    S are voxels of a signal region (e.g. tissue), N voxels of a separate noise
+    region; sd is the sample standard deviation (ddof=1). No correction is
+    applied for the Rician/Rayleigh distribution of magnitude noise: if N is
+    background air, sd(N) is about 0.655 times the true noise sigma, so this
+    SNR is about 1.5 times higher than a corrected one. Use it to compare
+    sessions of one protocol, not across protocols. NaN when either region has
+    fewer than ``min_voxels`` finite voxels or sd(N) is 0.
+    """
+    s, noise = _finite(signal_values), _finite(noise_values)
+    if s.size < min_voxels or noise.size < max(min_voxels, 2):
+        return NAN
+    sd = _sd(noise)
+    if sd == 0:
+        return NAN
+    return float(np.mean(s) / sd)
+
+
+def icc_2_1(data: ArrayLike) -> float:
+    """Shrout & Fleiss (1979) ICC(2,1): two-way random effects, absolute agreement,
+    single measurement.
+
+    ``data`` is n subjects x k sessions (or raters). With the two-way ANOVA
+    mean squares BMS (between subjects, df n-1), JMS (between sessions,
+    df k-1) and EMS (residual, df (n-1)(k-1)):
+
+        ICC(2,1) = (BMS - EMS) / (BMS + (k - 1) EMS + k (JMS - EMS) / n)
+
+    Unitless, at most 1 (can be negative). Subjects with any non-finite value
+    are dropped (complete cases). NaN when fewer than 2 subjects or 2 sessions
+    remain, or when the denominator is 0 (no variance at all).
+    """
+    x = np.asarray(data, dtype=float)
+    if x.ndim != 2:
+        raise ValueError("data must be a 2-D array (n_subjects x k_sessions)")
+    x = x[np.all(np.isfinite(x), axis=1)]
+    n, k = x.shape
+    if n < 2 or k < 2:
+        return NAN
+    grand = x.mean()
+    ss_rows = k * np.sum((x.mean(axis=1) - grand) ** 2)
+    ss_cols = n * np.sum((x.mean(axis=0) - grand) ** 2)
+    ss_err = np.sum((x - grand) ** 2) - ss_rows - ss_cols
+    bms = ss_rows / (n - 1)
+    jms = ss_cols / (k - 1)
+    ems = ss_err / ((n - 1) * (k - 1))
+    denom = bms + (k - 1) * ems + k * (jms - ems) / n
+    if denom == 0:
+        return NAN
+    return float((bms - ems) / denom)
+
+
+def hedges_g(a: ArrayLike, b: ArrayLike) -> float:
+    """Hedges' g, the bias-corrected standardized mean difference of a minus b.
+
+        s_p = sqrt(((n_a - 1) s_a^2 + (n_b - 1) s_b^2) / (n_a + n_b - 2))
+        d   = (mean(a) - mean(b)) / s_p
+        g   = J * d,  J = 1 - 3 / (4 (n_a + n_b) - 9)
+
+    s_a, s_b are sample standard deviations (ddof=1). Unitless. Non-finite
+    values are ignored; NaN when either group has fewer than 2 values or the
+    pooled sd is 0.
+    """
+    x, y = _finite(a), _finite(b)
+    na, nb = x.size, y.size
+    if na < 2 or nb < 2:
+        return NAN
+    pooled_var = ((na - 1) * np.var(x, ddof=1) + (nb - 1) * np.var(y, ddof=1)) / (na + nb - 2)
+    if pooled_var == 0:
+        return NAN
+    d = (x.mean() - y.mean()) / np.sqrt(pooled_var)
+    j = 1.0 - 3.0 / (4.0 * (na + nb) - 9.0)
+    return float(j * d)

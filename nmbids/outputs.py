@@ -1,0 +1,96 @@
+"""Writing derivatives: names, atomic writes, sidecars and the dataset description."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from . import __version__
+
+BIDSIGNORE = ["atlas/", "logs/", "group/", "*.html", "*/figures/", "*/log/", "*_measures.*",
+              "*_qc.*", "*_crmap.*", "*_NM.*", "*_NM.json", "*_timeseries.*", "*_MTRmap.*"]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_write_tsv(path: Path, df: pd.DataFrame) -> Path:
+    return atomic_write_text(path, df.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g"))
+
+
+def atomic_copy(src: Path, dst: Path) -> Path:
+    """Copy a file into place atomically (temporary copy, then rename)."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dst
+
+
+def bids_uri(rel_path: str) -> str:
+    return f"bids:raw:{rel_path}"
+
+
+def anat_dir(output_dir: Path, participant: str, session: str | None) -> Path:
+    d = Path(output_dir) / f"sub-{participant}"
+    if session:
+        d = d / f"ses-{session}"
+    return d / "anat"
+
+
+def write_dataset_description(output_dir: Path, bids_dir: Path) -> None:
+    """``dataset_description.json`` and ``.bidsignore`` of the derivatives (idempotent)."""
+    output_dir = Path(output_dir)
+    desc = {
+        "Name": "nmbids derivatives",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [{
+            "Name": "nmbids",
+            "Version": __version__,
+            "CodeURL": "https://github.com/nmbids/nmbids",
+            **({"Container": {"Type": os.environ["NMBIDS_CONTAINER"]}}
+               if os.environ.get("NMBIDS_CONTAINER") else {}),
+        }],
+        "SourceDatasets": [{"URL": f"file://{Path(bids_dir).resolve()}"}],
+        "DatasetLinks": {"raw": str(Path(bids_dir).resolve())},
+        "HowToAcknowledge": "Cite nmbids and the references in logs/CITATION.md.",
+    }
+    path = output_dir / "dataset_description.json"
+    if not path.exists() or json.loads(path.read_text() or "{}").get("GeneratedBy") != desc["GeneratedBy"]:
+        atomic_write_json(path, desc)
+    ignore = output_dir / ".bidsignore"
+    if not ignore.exists():
+        atomic_write_text(ignore, "\n".join(BIDSIGNORE) + "\n")

@@ -1,0 +1,107 @@
+"""From images on one grid to the rows of the measures table.
+
+Arrays in, rows out: the science is in ``measures``; this module only decides which voxels
+each measure sees (ROI, hemisphere, reference region) according to the acquisition profile.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import measures as m
+from .acquisitions import AcquisitionProfile
+
+MEASURE_COLUMNS = ["participant_id", "session_id", "source", "acq_type", "roi", "hemi", "measure",
+                   "value", "unit", "method", "reference", "ref_stat"]
+HEMIS = ("L", "R", "bilateral")
+
+
+def region_masks(dseg: np.ndarray, table: pd.DataFrame) -> dict:
+    """``{(roi, hemi): bool mask}`` for every region, with ``bilateral`` = union of L and R."""
+    masks = {}
+    for roi, rows in table.groupby("roi", sort=False):
+        union = np.zeros(dseg.shape, bool)
+        for _, r in rows.iterrows():
+            mask = dseg == int(r["index"])
+            masks[(roi, r["hemi"])] = mask
+            union |= mask
+        masks[(roi, "bilateral")] = union
+    return masks
+
+
+def quantify(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage: dict,
+             profile: AcquisitionProfile, ref_stat: str, voxel_volume: float,
+             slice_axis: int = 2, inferior_first: bool = True) -> tuple[list[dict], dict]:
+    """Measure every target ROI of ``profile`` on the NM image ``nm``.
+
+    ``coverage`` maps ``(roi, hemi)`` to the fraction of the template ROI inside the slab.
+    Returns ``(rows, refs)``: rows without the identifying columns, and the reference
+    values by region name (for the voxelwise map and QC).
+    """
+    masks = region_masks(dseg, table)
+    rows, refs = [], {}
+
+    def row(roi, hemi, measure, value, unit, method="n/a", reference="n/a", stat="n/a"):
+        value = float(value) if value is not None and np.isfinite(value) else None
+        rows.append(dict(roi=roi, hemi=hemi, measure=measure, value=value, unit=unit,
+                         method=method, reference=reference, ref_stat=stat))
+
+    # Reference regions: pooled over both sides (a per-side reference would fold slab
+    # tilt and bias into the left-right difference).
+    for ref_roi in sorted(set(profile.references.values())):
+        values = nm[masks.get((ref_roi, "bilateral"), np.zeros(nm.shape, bool))]
+        ref = m.reference_value(values, ref_stat, min_voxels=profile.min_voxels)
+        sd = float(np.nanstd(values, ddof=1)) if np.isfinite(values).sum() > 1 else float("nan")
+        refs[ref_roi] = {"value": ref, "sd": sd, "n": int(np.isfinite(values).sum()), "values": values}
+        row(ref_roi, "bilateral", "reference_value", ref, "a.u.", "reference", "n/a", ref_stat)
+
+    for roi, ref_roi in profile.references.items():
+        ref, ref_sd, ref_values = refs[ref_roi]["value"], refs[ref_roi]["sd"], refs[ref_roi]["values"]
+        for hemi in HEMIS:
+            cov = coverage.get((roi, hemi), float("nan"))
+            row(roi, hemi, "coverage", cov, "fraction", "template_roi_in_slab")
+            values = nm[masks[(roi, hemi)]] if (roi, hemi) in masks else np.array([])
+            measurable = np.isfinite(cov) and cov >= profile.min_coverage and np.isfinite(ref)
+            if not measurable:
+                values = np.array([])  # every measure below becomes n/a
+            cr_roi = m.cr_roimean(values, ref, profile.min_voxels) if values.size else np.nan
+            cr_thr = m.cr_threshold(values, ref, ref_sd, profile.threshold_k, profile.min_voxels) \
+                if values.size else np.nan
+            above = m.threshold_mask(values, ref, ref_sd, profile.threshold_k) if values.size else None
+            vol = m.volume_mm3(above, voxel_volume) if above is not None and np.isfinite(ref_sd) else np.nan
+            contrast = m.cnr(values, ref_values, profile.min_voxels) if values.size else np.nan
+            method = profile.cr_method.get(roi, "threshold")
+            default = {"threshold": cr_thr, "roi_mean": cr_roi}.get(method)
+            if method == "max_per_slice":
+                default = _slice_max(nm, masks, roi, hemi, ref_roi, ref_stat, profile, slice_axis,
+                                     inferior_first, row, measurable)
+            row(roi, hemi, "cr", default, "ratio", method, ref_roi, ref_stat)
+            row(roi, hemi, "cr_roimean", cr_roi, "ratio", "roi_mean", ref_roi, ref_stat)
+            row(roi, hemi, "cr_threshold", cr_thr, "ratio", f"threshold_k{profile.threshold_k:g}", ref_roi, ref_stat)
+            row(roi, hemi, "cnr", contrast, "ratio", "roi_mean", ref_roi, "mean")
+            row(roi, hemi, "volume_mm3", vol, "mm3", f"threshold_k{profile.threshold_k:g}", ref_roi, ref_stat)
+    return rows, refs
+
+
+def _slice_max(nm, masks, roi, hemi, ref_roi, ref_stat, profile, axis, inferior_first, row, measurable):
+    """Slice-wise max CR (FSE LC): whole-ROI value plus rostral/middle/caudal thirds."""
+    if not measurable or (roi, hemi) not in masks:
+        profile_vals = np.full(nm.shape[axis], np.nan)
+    else:
+        profile_vals = m.slice_max_cr(nm, masks[(roi, hemi)], masks[(ref_roi, "bilateral")], axis=axis,
+                                      stat=ref_stat, min_voxels=profile.min_voxels)
+    if not inferior_first:
+        profile_vals = profile_vals[::-1]
+    rostral, middle, caudal = m.split_thirds(profile_vals)
+    for name, val in (("rostral", rostral), ("middle", middle), ("caudal", caudal)):
+        row(f"{roi}_{name}", hemi, "cr", val, "ratio", "max_per_slice", ref_roi, ref_stat)
+    finite = profile_vals[np.isfinite(profile_vals)]
+    return float(np.mean(finite)) if finite.size >= 3 else np.nan
+
+
+def qc_snr(refs: dict, map_reference: str) -> float:
+    """SNR of the reference region: mean/sd of its voxels (tissue spread counts as noise)."""
+    ref = refs.get(map_reference) or next(iter(refs.values()), None)
+    if not ref:
+        return float("nan")
+    return m.snr(ref["values"], ref["values"])

@@ -1,0 +1,147 @@
+"""Methods boilerplate with references, written to ``logs/CITATION.md`` and shown
+verbatim in every participant report (both come from :func:`methods_boilerplate`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..outputs import atomic_write_text
+
+# Reference texts, cited in the paragraphs below as {key}.
+_REFS = {
+    "bids": "Gorgolewski KJ, Auer T, Calhoun VD, et al. The brain imaging data structure, a format "
+            "for organizing and describing outputs of neuroimaging experiments. Sci Data. 2016;3:160044. "
+            "doi:10.1038/sdata.2016.44",
+    "bidsapps": "Gorgolewski KJ, Alfaro-Almagro F, Auer T, et al. BIDS apps: Improving ease of use, "
+                "accessibility, and reproducibility of neuroimaging data analysis methods. "
+                "PLoS Comput Biol. 2017;13(3):e1005209. doi:10.1371/journal.pcbi.1005209",
+    "nipype": "Gorgolewski K, Burns CD, Madison C, et al. Nipype: a flexible, lightweight and "
+              "extensible neuroimaging data processing framework in Python. Front Neuroinform. "
+              "2011;5:13. doi:10.3389/fninf.2011.00013",
+    "antsx": "Tustison NJ, Cook PA, Holbrook AJ, et al. The ANTsX ecosystem for quantitative "
+             "biological and medical imaging. Sci Rep. 2021;11:9068. doi:10.1038/s41598-021-87564-6",
+    "nilearn": "Abraham A, Pedregosa F, Eickenberg M, et al. Machine learning for neuroimaging with "
+               "scikit-learn. Front Neuroinform. 2014;8:14. doi:10.3389/fninf.2014.00014",
+    "n4": "Tustison NJ, Avants BB, Cook PA, et al. N4ITK: improved N3 bias correction. "
+          "IEEE Trans Med Imaging. 2010;29(6):1310-1320. doi:10.1109/TMI.2010.2046908",
+    "syn": "Avants BB, Epstein CL, Grossman M, Gee JC. Symmetric diffeomorphic image registration "
+           "with cross-correlation: evaluating automated labeling of elderly and neurodegenerative "
+           "brain. Med Image Anal. 2008;12(1):26-41. doi:10.1016/j.media.2007.06.004",
+    "fonov2009": "Fonov VS, Evans AC, McKinstry RC, Almli CR, Collins DL. Unbiased nonlinear average "
+                 "age-appropriate brain templates from birth to adulthood. NeuroImage. "
+                 "2009;47(Suppl 1):S102. doi:10.1016/S1053-8119(09)70884-5",
+    "fonov2011": "Fonov V, Evans AC, Botteron K, et al. Unbiased average age-appropriate atlases for "
+                 "pediatric studies. NeuroImage. 2011;54(1):313-327. "
+                 "doi:10.1016/j.neuroimage.2010.07.033",
+    "templateflow": "Ciric R, Thompson WH, Lorenz R, et al. TemplateFlow: FAIR-sharing of "
+                    "multi-scale, multi-species brain models. Nat Methods. 2022;19:1568-1571. "
+                    "doi:10.1038/s41592-022-01681-2",
+    "cassidy2019": "Cassidy CM, Zucca FA, Girgis RR, et al. Neuromelanin-sensitive MRI as a "
+                   "noninvasive proxy measure of dopamine function in the human brain. "
+                   "Proc Natl Acad Sci USA. 2019;116(11):5108-5117. doi:10.1073/pnas.1807983116",
+    "sasaki2006": "Sasaki M, Shibata E, Tohyama K, et al. Neuromelanin magnetic resonance imaging of "
+                  "locus ceruleus and substantia nigra in Parkinson's disease. Neuroreport. "
+                  "2006;17(11):1215-1218.",
+    "tona2017": "Tona KD, Keuken MC, de Rover M, et al. In vivo visualization of the locus coeruleus "
+                "in humans: quantifying the test-retest reliability. Brain Struct Funct. "
+                "2017;222(9):4203-4217. doi:10.1007/s00429-017-1464-5",
+    "wengler2020": "Wengler K, He X, Abi-Dargham A, Horga G. Reproducibility assessment of "
+                   "neuromelanin-sensitive magnetic resonance imaging protocols for region-of-interest "
+                   "and voxelwise analyses. NeuroImage. 2020;208:116457. "
+                   "doi:10.1016/j.neuroimage.2019.116457",
+    "scott1992": "Scott DW. Multivariate Density Estimation: Theory, Practice, and Visualization. "
+                 "New York: Wiley; 1992.",
+}
+
+_TEMPLATES = {
+    "MNI152NLin2009cAsym": ("the ICBM 152 Nonlinear Asymmetrical template version 2009c "
+                            "{fonov2009}{fonov2011}, distributed by TemplateFlow {templateflow}"),
+    "MNI152NLin2009aSym": ("the ICBM 152 Nonlinear Symmetric template version 2009a "
+                           "{fonov2009}{fonov2011}, as shipped with Nilearn {nilearn}"),
+}
+
+_PARAGRAPHS = (
+    "Neuromelanin-sensitive MRI (NM-MRI) data were processed with nmbids {version} {nmbids}, "
+    "a BIDS App {bids}{bidsapps} built on Nipype {nipype}, ANTsPy (ANTsX) {antsx} and "
+    "Nilearn {nilearn}.",
+
+    "Anatomical data. The T1-weighted (T1w) image was corrected for intensity non-uniformity "
+    "with N4 {n4} and registered to {template} (space label {template_name}) with an affine "
+    "followed by a symmetric diffeomorphic (SyN) registration {syn}. Images identified as "
+    "NM-MRI were never used as the anatomical reference.",
+
+    "NM-MRI. Each NM-MRI acquisition was classified from its BIDS metadata (MTState, "
+    "ScanningSequence, SequenceVariant, EchoTrainLength and related fields, or failing those its "
+    "acq- label) as a gradient echo with magnetization-transfer preparation (GRE-MT), a "
+    "T1-weighted fast spin echo (FSE) or an MT-on/MT-off pair (MTR). Repeated acquisitions "
+    "were realigned and averaged, and the average corrected with N4 {n4}. The NM slab was "
+    "registered to the T1w image with a rigid transform; template-space regions of interest "
+    "(substantia nigra, SN; ventral tegmental area, VTA; locus coeruleus, LC) and reference "
+    "regions (crus cerebri, CC; pontine tegmentum, PT) were brought into the native NM space by "
+    "composing the inverse T1w-to-template transform with the inverse NM-to-T1w transform.",
+
+    "Measures. The contrast ratio CR = (I - ref(R)) / ref(R) was computed with the reference "
+    "region R being the crus cerebri for SN and VTA and the pontine tegmentum for LC "
+    "{cassidy2019}{sasaki2006}; ref(R) is the mode of a Gaussian kernel density estimate "
+    "(Scott's bandwidth {scott1992}), the median or the mean of R. Contrast-to-noise ratio, "
+    "supra-threshold volume (voxels above ref(R) + k sd(R)), the LC maximum-intensity contrast "
+    "per slice summarised over rostral, middle and caudal thirds {tona2017}, the fraction of "
+    "each region covered by the slab and, for MT pairs, the magnetization-transfer ratio "
+    "MTR = 100 (M_off - M_on) / M_off were also computed. Voxelwise CR maps were written in "
+    "template space {wengler2020}. The method and reference statistic behind every value are "
+    "recorded in the measures table (desc-nm_measures.tsv) and its JSON data dictionary; "
+    "please report them with the results.",
+
+    "Quality control. A visual report was generated for each participant (slab coverage, "
+    "NM-to-T1w and T1w-to-template registration, regions of interest, reference-region "
+    "histograms) together with automatic warnings for low region coverage, motion between "
+    "repeats, low signal-to-noise ratio, poor NM-to-T1w registration and implausible "
+    "contrast ratios.",
+
+    "Copyright waiver. The above boilerplate text was automatically generated by nmbids with "
+    "the express intention that users should copy and paste this text into their manuscripts "
+    "unchanged. It is released under the CC0 license.",
+)
+
+
+@dataclass(frozen=True)
+class Boilerplate:
+    """Methods paragraphs with numbered citations, and the numbered references."""
+
+    paragraphs: tuple[str, ...]
+    references: tuple[str, ...]
+
+    def markdown(self) -> str:
+        refs = "\n".join(f"{i}. {text}" for i, text in enumerate(self.references, 1))
+        body = "\n\n".join(self.paragraphs)
+        return f"# Methods\n\n{body}\n\n## References\n\n{refs}\n"
+
+
+def methods_boilerplate(template_name: str, version: str) -> Boilerplate:
+    """Build the methods text for ``template_name`` and nmbids ``version``."""
+    refs = dict(_REFS)
+    refs["nmbids"] = f"nmbids developers. nmbids: a BIDS App for neuromelanin-sensitive MRI, version {version}."
+    order: list[str] = []
+    template = _TEMPLATES.get(template_name, "the {template_name} template")
+
+    class _Cite(dict):
+        """Numbers references in order of first citation while formatting."""
+
+        def __missing__(self, key: str) -> str:
+            if key == "template":
+                return template.format_map(self)
+            if key not in refs:
+                raise KeyError(key)
+            if key not in order:
+                order.append(key)
+            return f"[{order.index(key) + 1}]"
+
+    cite = _Cite(version=version, template_name=template_name)
+    paragraphs = [text.format_map(cite) for text in _PARAGRAPHS]
+    return Boilerplate(tuple(paragraphs), tuple(refs[k] for k in order))
+
+
+def write_citation(output_dir: Path, template_name: str, version: str) -> Path:
+    """Write ``OUTPUT_DIR/logs/CITATION.md`` (atomically) and return its path."""
+    path = Path(output_dir) / "logs" / "CITATION.md"
+    return atomic_write_text(path, methods_boilerplate(template_name, version).markdown())

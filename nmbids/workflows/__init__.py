@@ -1,0 +1,1 @@
+"""Nipype workflow factories (no science here: wiring only)."""

@@ -1,0 +1,63 @@
+"""``init_participant_wf``: the nipype graph of one participant.
+
+One flat workflow per participant: per session, one T1w → template node shared by every NM
+acquisition of the session; per NM acquisition, prepare → coregister → quantify. Nodes are
+named so that their folders in the work directory are predictable (``node_dir``): the
+orchestrator reads results from there, whether or not other nodes failed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from nipype.pipeline import engine as pe
+
+from ..interfaces.processing import AnatToTemplate, CoregNM, PrepareNM, QuantifyNM
+
+
+def _tag(session: str | None) -> str:
+    return f"ses_{session}" if session else "nosession"
+
+
+def node_names(session: str | None, index: int | None = None) -> dict:
+    tag = _tag(session)
+    if index is None:
+        return {"anat": f"anat_{tag}"}
+    return {step: f"{step}_{tag}_{index}" for step in ("prepare", "coreg", "quantify")}
+
+
+def workflow_name(participant: str) -> str:
+    return f"sub_{participant}_wf"
+
+
+def node_dir(work_dir: Path, participant: str, node: str) -> Path:
+    return Path(work_dir) / workflow_name(participant) / node
+
+
+def init_participant_wf(participant: str, plans, *, work_dir: Path, template: str, atlas: Path,
+                        atlas_table: Path, ref_stat: str = "mode", quality: str = "default"):
+    """Build the workflow for the sessions in ``plans`` that have a T1w and NM inputs."""
+    wf = pe.Workflow(name=workflow_name(participant), base_dir=str(work_dir))
+    for plan in plans:
+        if not plan.t1w or not plan.nm:
+            continue
+        anat = pe.Node(AnatToTemplate(t1w=plan.t1w, template=template, quality=quality),
+                       name=node_names(plan.session)["anat"])
+        wf.add_nodes([anat])
+        for index, nm in enumerate(plan.nm):
+            names = node_names(plan.session, index)
+            prep = pe.Node(PrepareNM(in_files=nm.files), name=names["prepare"])
+            if nm.mt_off:
+                prep.inputs.mt_off = nm.mt_off
+            coreg = pe.Node(CoregNM(), name=names["coreg"])
+            quant = pe.Node(QuantifyNM(atlas=str(atlas), atlas_table=str(atlas_table), template=template,
+                                       acq_type=nm.acq_type, ref_stat=ref_stat), name=names["quantify"])
+            wf.connect([
+                (prep, coreg, [("nm_preproc", "nm")]),
+                (anat, coreg, [("t1w_preproc", "t1w")]),
+                (prep, quant, [("nm_preproc", "nm")]),
+                (coreg, quant, [("rigid", "rigid")]),
+                (anat, quant, [("affine", "affine"), ("warp", "warp"), ("invwarp", "invwarp")]),
+            ])
+            if nm.mt_off:
+                wf.connect(prep, "mt_off_preproc", quant, "mt_off")
+    return wf

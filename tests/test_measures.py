@@ -1,0 +1,260 @@
+"""Unit tests of nmbids.measures against small hand-computed values."""
+import math
+
+import numpy as np
+import pytest
+
+from nmbids import measures as m
+
+nan = np.nan
+
+
+# --- reference_value ---------------------------------------------------------
+
+def test_reference_value_median_mean_ignore_nan():
+    vals = [nan, 1, 2, 3, 4, 10, np.inf]
+    # finite values 1, 2, 3, 4, 10: median 3, mean 20 / 5 = 4
+    assert m.reference_value(vals, "median") == 3.0
+    assert m.reference_value(vals, "mean") == 4.0
+
+
+def test_reference_value_too_few_voxels():
+    # 4 finite values < default min_voxels 5
+    assert math.isnan(m.reference_value([1, 2, 3, 4, nan], "median"))
+    assert m.reference_value([1, 2, 3, 4, nan], "median", min_voxels=4) == 2.5
+    assert math.isnan(m.reference_value([], "mode"))
+
+
+def test_reference_value_unknown_stat():
+    with pytest.raises(ValueError):
+        m.reference_value([1, 2, 3, 4, 5], "max")
+
+
+def test_reference_value_constant_mode():
+    assert m.reference_value([7.5] * 6 + [nan], "mode") == 7.5
+
+
+def test_mode_symmetric_sample_is_centre():
+    # symmetric sample around 3: the density peaks at 3, within one grid step (4 / 511)
+    assert m.reference_value([1, 2, 3, 4, 5], "mode") == pytest.approx(3, abs=4 / 511)
+
+
+def test_mode_bimodal_lands_on_tall_peak():
+    rng = np.random.default_rng(0)
+    # 300 voxels around 100 (tissue) and 100 around 160 (bright partial-volume tail)
+    vals = np.concatenate([rng.normal(100, 3, 300), rng.normal(160, 3, 100)])
+    # the mean is pulled to about (300*100 + 100*160) / 400 = 115; the mode is not
+    assert m.reference_value(vals, "mean") == pytest.approx(115, abs=1)
+    assert m.reference_value(vals, "mode") == pytest.approx(100, abs=2)
+
+
+def test_mode_skewed_sample_below_median_and_mean():
+    rng = np.random.default_rng(1)
+    # lognormal(mu=0, sigma=0.5): mode e^(mu - sigma^2) = e^-0.25 = 0.78,
+    # median e^0 = 1, mean e^(sigma^2 / 2) = 1.13
+    vals = rng.lognormal(0.0, 0.5, 2000)
+    mode = m.reference_value(vals, "mode")
+    assert mode == pytest.approx(np.exp(-0.25), abs=0.08)
+    assert mode < m.reference_value(vals, "median") < m.reference_value(vals, "mean")
+
+
+# --- contrast ratio ----------------------------------------------------------
+
+def test_contrast_ratio_elementwise():
+    # (110 - 100) / 100 = 0.1, (120 - 100) / 100 = 0.2, NaN stays NaN
+    out = m.contrast_ratio([110, 120, nan], 100)
+    np.testing.assert_allclose(out, [0.1, 0.2, nan])
+
+
+def test_contrast_ratio_keeps_shape():
+    img = np.full((2, 3, 4), 150.0)
+    out = m.contrast_ratio(img, 100)
+    assert out.shape == (2, 3, 4)
+    np.testing.assert_allclose(out, 0.5)
+
+
+@pytest.mark.parametrize("ref", [0, -5, nan])
+def test_contrast_ratio_bad_ref_all_nan(ref):
+    assert np.all(np.isnan(m.contrast_ratio([110, 120], ref)))
+
+
+def test_cr_roimean():
+    vals = [110, 120, 130, 140, 150, nan]
+    # CRs 0.1 .. 0.5, mean 1.5 / 5 = 0.3
+    assert m.cr_roimean(vals, 100) == pytest.approx(0.3)
+    # only 4 finite voxels left
+    assert math.isnan(m.cr_roimean([110, 120, 130, nan, 150], 100))
+    assert m.cr_roimean([110, 120, 130, nan, 150], 100, min_voxels=4) == pytest.approx(0.275)
+    assert math.isnan(m.cr_roimean(vals, 0))
+
+
+# --- threshold and volume ----------------------------------------------------
+
+def test_threshold_mask():
+    vals = np.array([100, 105, 106, 120, nan])
+    # k = 3: threshold 100 + 3*2 = 106, strict, so 106 fails
+    np.testing.assert_array_equal(m.threshold_mask(vals, 100, 2), [False, False, False, True, False])
+    # k = 2: threshold 104
+    np.testing.assert_array_equal(m.threshold_mask(vals, 100, 2, k=2), [False, True, True, True, False])
+    # undefined reference: nothing passes
+    assert not m.threshold_mask(vals, nan, 2).any()
+
+
+def test_cr_threshold():
+    vals = [105, 111, 120, 130, 140, 150, nan]
+    # threshold 100 + 1*10 = 110; passing 111, 120, 130, 140, 150
+    # CRs 0.11, 0.2, 0.3, 0.4, 0.5 -> mean 1.51 / 5 = 0.302
+    assert m.cr_threshold(vals, 100, 10, k=1) == pytest.approx(0.302)
+    # 5 voxels pass, 6 required
+    assert math.isnan(m.cr_threshold(vals, 100, 10, k=1, min_voxels=6))
+    # k = 3: threshold 130, only 140 and 150 pass
+    assert math.isnan(m.cr_threshold(vals, 100, 10))
+    assert m.cr_threshold(vals, 100, 10, min_voxels=2) == pytest.approx(0.45)
+
+
+def test_volume_mm3():
+    mask = np.zeros((3, 3), dtype=bool)
+    mask[0, :] = True
+    mask[1, 1] = True
+    # 4 voxels of 0.5 * 0.5 * 3 = 0.75 mm3 -> 3 mm3
+    assert m.volume_mm3(mask, 0.75) == 3.0
+    assert m.volume_mm3(np.zeros(4), 0.75) == 0.0
+    # NaN in a numeric mask does not count: 2 voxels of 1 mm3
+    assert m.volume_mm3([1, nan, 0, 1], 1.0) == 2.0
+
+
+def test_coverage():
+    # fractional: (1*1 + 1*0 + 0.5*1 + 0*0) / (1 + 1 + 0.5 + 0) = 1.5 / 2.5
+    assert m.coverage([1, 1, 0.5, 0], [True, False, True, False]) == pytest.approx(0.6)
+    # binary ROI of 2 voxels, 1 inside (slab voxels outside the ROI do not count)
+    assert m.coverage([1, 1, 0, 0], [1, 0, 1, 1]) == 0.5
+    # NaN weight counts as 0: 1 / 2
+    assert m.coverage([1, 1, nan], [1, 0, 1]) == 0.5
+    assert math.isnan(m.coverage([0, 0, 0], [True, True, True]))
+
+
+# --- CNR and SNR -------------------------------------------------------------
+
+def test_cnr():
+    roi = [12, 14, 16, 18, 20, nan]  # mean 16
+    ref = [8, 9, 10, 11, 12, nan]  # mean 10, sd = sqrt((4+1+0+1+4)/4) = sqrt(2.5)
+    assert m.cnr(roi, ref) == pytest.approx(6 / math.sqrt(2.5))  # 3.7947
+    assert math.isnan(m.cnr(roi[:4], ref))  # 4 ROI voxels
+    assert math.isnan(m.cnr(roi, [10] * 6))  # sd(R) = 0
+
+
+def test_snr():
+    # 100 / sqrt(2.5) = 63.246 (sd of 1..5 with ddof=1 is sqrt(2.5))
+    assert m.snr([100] * 5, [1, 2, 3, 4, 5, nan]) == pytest.approx(100 / math.sqrt(2.5))
+    assert math.isnan(m.snr([100] * 5, [1, 2, 3]))
+
+
+# --- slice-wise LC method ----------------------------------------------------
+
+def _slab():
+    """4 x 4 x 4 image: ROI in row 0, reference in row 3, slice axis 2."""
+    img = np.full((4, 4, 4), 50.0)
+    roi = np.zeros(img.shape, dtype=bool)
+    ref = np.zeros(img.shape, dtype=bool)
+    roi[0, :, :] = True  # 4 ROI voxels per slice
+    ref[3, :, :] = True  # 4 reference voxels per slice ...
+    ref[2, 0, :] = True  # ... plus one: 5
+    # slice 0: ROI 200, 150, 140, 100 -> top 3 mean 490/3; ref 90, 100, 100, 110, 120 -> median 100
+    img[0, :, 0] = [200, 150, 140, 100]
+    img[3, :, 0] = [90, 100, 100, 110]
+    img[2, 0, 0] = 120
+    # slice 1: no reference voxels
+    ref[:, :, 1] = False
+    # slice 2: ROI 130, 130, 130, NaN -> 130; ref all 80 -> CR 50/80
+    img[0, :, 2] = [130, 130, 130, nan]
+    img[3, :, 2] = 80
+    img[2, 0, 2] = 80
+    # slice 3: only 2 finite ROI voxels, fewer than n_max = 3
+    img[0, :, 3] = [nan, nan, 300, 300]
+    return img, roi, ref
+
+
+def test_slice_max_cr():
+    img, roi, ref = _slab()
+    out = m.slice_max_cr(img, roi, ref)
+    # slice 0: (490/3 - 100) / 100 = 0.6333; slice 2: (130 - 80) / 80 = 0.625
+    np.testing.assert_allclose(out, [(490 / 3 - 100) / 100, nan, 0.625, nan])
+
+
+def test_slice_max_cr_axis_and_stat():
+    img, roi, ref = _slab()
+    # the same data with the slice axis first must give the same profile
+    t = lambda a: np.moveaxis(a, 2, 0)  # noqa: E731
+    out = m.slice_max_cr(t(img), t(roi), t(ref), axis=0)
+    np.testing.assert_allclose(out, [(490 / 3 - 100) / 100, nan, 0.625, nan])
+    # slice 0 with the mean reference: (90+100+100+110+120)/5 = 104
+    out = m.slice_max_cr(img, roi, ref, stat="mean")
+    assert out[0] == pytest.approx((490 / 3 - 104) / 104)
+    # min_voxels=6 > 5 reference voxels per slice: everything NaN
+    assert np.all(np.isnan(m.slice_max_cr(img, roi, ref, min_voxels=6)))
+
+
+def test_split_thirds():
+    # 6 slices: caudal (1,2) 1.5, middle (3,4) 3.5, rostral (5,6) 5.5
+    assert m.split_thirds([1, 2, 3, 4, 5, 6]) == (5.5, 3.5, 1.5)
+    # 7 finite slices 1..7 -> 2/3/2: caudal 1.5, middle (3+4+5)/3 = 4, rostral 6.5
+    assert m.split_thirds([nan, 1, 2, nan, 3, 4, 5, 6, 7]) == (6.5, 4.0, 1.5)
+    # 8 slices -> 3/2/3: caudal 2, middle 4.5, rostral 7
+    assert m.split_thirds(np.arange(1, 9)) == (7.0, 4.5, 2.0)
+    assert all(math.isnan(v) for v in m.split_thirds([1, nan, 2]))
+
+
+# --- MT ----------------------------------------------------------------------
+
+def test_mtr_and_enhancement():
+    on = np.array([50, 60, 1, nan])
+    off = np.array([100, 80, 0, 100])
+    # 100*(100-50)/100 = 50, 100*(80-60)/80 = 25, off = 0 -> NaN, on NaN -> NaN
+    np.testing.assert_allclose(m.mtr(on, off), [50, 25, nan, nan])
+    # 50/100, 60/80
+    np.testing.assert_allclose(m.mt_enhancement(on, off), [0.5, 0.75, nan, nan])
+    # off below eps is background, not tissue
+    assert np.isnan(m.mtr([1.0], [0.5], eps=1.0)).all()
+    # off == eps is excluded too (off <= eps)
+    assert np.isnan(m.mt_enhancement([1.0], [1.0], eps=1.0)).all()
+
+
+# --- reliability and effect size ---------------------------------------------
+
+SHROUT_FLEISS_TABLE2 = [
+    [9, 2, 5, 8],
+    [6, 1, 3, 2],
+    [8, 4, 6, 8],
+    [7, 1, 2, 6],
+    [10, 5, 6, 9],
+    [6, 2, 4, 7],
+]
+
+
+def test_icc_shrout_fleiss_table2():
+    # n = 6, k = 4, grand mean 127/24; BMS = 11.24, JMS = 32.49, EMS = 1.02
+    # ICC(2,1) = (11.2417 - 1.0194) / (11.2417 + 3*1.0194 + 4*(32.4861 - 1.0194)/6) = 0.2898
+    assert m.icc_2_1(SHROUT_FLEISS_TABLE2) == pytest.approx(0.29, abs=0.005)
+
+
+def test_icc_absolute_agreement_penalises_offset():
+    # session 2 = session 1 + 1. Row means 1.5, 2.5, 3.5; grand 2.5; column means 2, 3
+    # SSR = 2*(1+0+1) = 4 -> BMS 2; SSC = 3*(0.25+0.25) = 1.5 -> JMS 1.5; SST = 5.5 -> SSE 0
+    # ICC = (2 - 0) / (2 + 0 + 2*(1.5 - 0)/3) = 2/3 (a consistency ICC would say 1)
+    data = [[1, 2], [2, 3], [3, 4]]
+    assert m.icc_2_1(data) == pytest.approx(2 / 3)
+    # a subject with a missing session is dropped
+    assert m.icc_2_1(data + [[nan, 9]]) == pytest.approx(2 / 3)
+    assert m.icc_2_1([[1, 1], [2, 2], [3, 3]]) == pytest.approx(1.0)
+    assert math.isnan(m.icc_2_1([[1, 2]]))
+
+
+def test_hedges_g():
+    # means 2 and 4, both sd 1 -> pooled sd 1, d = -2; J = 1 - 3/(4*6 - 9) = 0.8; g = -1.6
+    assert m.hedges_g([1, 2, 3], [3, 4, 5]) == pytest.approx(-1.6)
+    assert m.hedges_g([3, 4, 5, nan], [1, 2, 3]) == pytest.approx(1.6)
+    # unequal sizes: a = 1,3 (mean 2, var 2), b = 2,4,6 (mean 4, var 4)
+    # pooled var = (1*2 + 2*4)/3 = 10/3; d = -2/sqrt(10/3) = -1.0954; J = 1 - 3/11; g = -0.7966
+    assert m.hedges_g([1, 3], [2, 4, 6]) == pytest.approx(-2 / math.sqrt(10 / 3) * (8 / 11))
+    assert math.isnan(m.hedges_g([1], [2, 3]))
+    assert math.isnan(m.hedges_g([1, 1], [1, 1]))
