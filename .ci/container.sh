@@ -119,12 +119,14 @@ build_image() {
         extra+=(-v /etc/ssl/certs/ca-certificates.crt:/run/hostca.crt:ro
             --build-arg PIP_CERT=/run/hostca.crt)
     fi
-    buildah "${STORAGE[@]}" bud --layers --isolation chroot --network host \
-        "${extra[@]}" \
-        --build-arg BASE_IMAGE="$BASE_IMAGE" \
-        --build-arg FETCH_TEMPLATEFLOW=0 \
-        --build-arg VERSION="$VERSION" \
-        -t "$IMAGE" "$REPO"
+    local args=(--layers --isolation chroot --network host "${extra[@]}"
+        --build-arg BASE_IMAGE="$BASE_IMAGE"
+        --build-arg FETCH_TEMPLATEFLOW=0
+        --build-arg VERSION="$VERSION")
+    # The builder stage is tagged too, so that pruning dangling images below keeps its cached
+    # layers (the dependencies) for the next run; the second call reuses them at once.
+    buildah "${STORAGE[@]}" bud "${args[@]}" --target builder -t "$IMAGE-builder" "$REPO"
+    buildah "${STORAGE[@]}" bud "${args[@]}" -t "$IMAGE" "$REPO"
 }
 
 image_size() {

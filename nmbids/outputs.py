@@ -15,6 +15,13 @@ BIDSIGNORE = ["atlas/", "logs/", "group/", "*.html", "*/figures/", "*/log/", "*_
               "*_qc.*", "*_crmap.*", "*_NM.*", "*_NM.json", "*_timeseries.*", "*_MTRmap.*"]
 
 
+def _umask_mode() -> int:
+    # mkstemp creates files readable by their owner only; outputs are shared on clusters
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)
@@ -25,6 +32,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -52,6 +60,7 @@ def atomic_copy(src: Path, dst: Path) -> Path:
     os.close(fd)
     try:
         shutil.copyfile(src, tmp)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -26,6 +26,7 @@ from .errors import EXIT_DATA, EXIT_FAILURE, EXIT_NO_INPUT, EXIT_OK, NmbidsError
 from .images import check_image
 from .outputs import (anat_dir, atomic_copy, atomic_write_json, atomic_write_tsv, bids_uri)
 from .quantify import MEASURE_COLUMNS
+from .reports.warnings import COVERAGE_MIN, MOTION_MAX_MM, NM2T1W_SIMILARITY_MIN, SNR_MIN
 from .workflows.participant import init_participant_wf, node_dir, node_names
 
 LOG = logging.getLogger("nmbids")
@@ -287,8 +288,9 @@ def write_session(plan: SessionPlan, *, bids_dir, output_dir, work_dir, template
     return errors
 
 
-# QC flag thresholds: documented in docs/reports.md
-QC_THRESHOLDS = {"coverage": 0.5, "motion_max_mm": 1.5, "snr": 10.0, "nm2t1w_similarity": 0.3}
+# QC flag thresholds: one definition, shared with the report (documented in docs/reports.md)
+QC_THRESHOLDS = {"coverage": COVERAGE_MIN, "motion_max_mm": MOTION_MAX_MM, "snr": SNR_MIN,
+                 "nm2t1w_similarity": NM2T1W_SIMILARITY_MIN}
 
 
 def _flags(results: dict, motion: list, similarity: float) -> list[str]:

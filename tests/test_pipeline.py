@@ -1,0 +1,171 @@
+"""End to end: simulate phantoms, run the participant and group levels, compare with the truth.
+
+These run real ANTsPy registrations (``--registration-quality fast``) and take minutes: one
+module-scoped run serves every assertion. Bad inputs are planted in the same dataset so that
+the test also checks that they cost the good participants nothing.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pandas as pd
+import pytest
+
+from nmbids import simulate as sim
+from nmbids.cli import main as nmbids_main
+
+pytestmark = pytest.mark.slow
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+AAL3 = SHARED / "data" / "atlases" / "AAL3" / "tpl-MNI152NLin6Asym_res-01_atlas-AAL3_dseg.nii.gz"
+# Small but realistic enough: 1.5 mm T1w, 0.8 mm in-plane NM over a brainstem field of view.
+PHANTOM = dict(t1w_res=1.5, nm_inplane=0.8, nm_fov=(110.0, 120.0), repeats=2)
+N_GOOD = 5
+
+
+def _run(*argv) -> int:
+    return nmbids_main([str(a) for a in argv])
+
+
+def _truth_cr(truth: dict, sub: str, roi: str) -> dict:
+    ses = next(iter(truth["subjects"][sub]["sessions"].values()))
+    return ses["acquisitions"][0]["cr"][roi]
+
+
+def _measured(out: Path, sub: str) -> pd.DataFrame:
+    return pd.read_csv(out / sub / "anat" / f"{sub}_desc-nm_measures.tsv", sep="\t",
+                       na_values={"value": ["n/a"]}, keep_default_na=False)
+
+
+@pytest.fixture(scope="module")
+def phantom_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    sim.simulate_dataset(root, n_subjects=N_GOOD + 3, seed=7, groups="control,patient", **PHANTOM)
+    bids = root / "bids"
+    # sub-08: a slab placed 60 mm above the nuclei (the header says so, as a scanner would)
+    for f in (bids / "sub-08" / "anat").glob("*acq-NM_run-*_T1w.nii.gz"):
+        img = nb.load(str(f))
+        affine = img.affine.copy()
+        affine[2, 3] += 60.0
+        nb.save(nb.Nifti1Image(np.asanyarray(img.dataobj), affine, img.header), str(f))
+    # sub-06: an NM image that is empty (0 bytes); sub-07: no T1w at all
+    for f in (bids / "sub-06" / "anat").glob("*acq-NM_run-1_T1w.nii.gz"):
+        f.write_bytes(b"")
+    for f in (bids / "sub-07" / "anat").glob("sub-07_T1w.*"):
+        f.unlink()
+    out, work = root / "out", root / "work"
+    code = _run(bids, out, "participant", "-w", work, "--nprocs", 2, "--registration-quality", "fast",
+                "--skip-bids-validation")
+    return root, out, code
+
+
+def test_bad_inputs_give_documented_code_and_spare_the_others(phantom_run, capfd):
+    root, out, code = phantom_run
+    assert code == 65  # bad input data somewhere; the most serious code wins over 66
+    for i in range(1, N_GOOD + 1):
+        assert (out / f"sub-{i:02d}" / "anat" / f"sub-{i:02d}_desc-nm_measures.tsv").exists()
+        assert (out / f"sub-{i:02d}.html").exists()
+    assert not (out / "sub-06" / "anat" / "sub-06_desc-nm_measures.tsv").exists()
+    summary = next((out / "sub-06" / "log").glob("*/summary.json"))
+    errors = json.loads(summary.read_text())["errors"]
+    assert any("empty" in e["message"] and "sub-06" in e["message"] for e in errors)
+    summary7 = json.loads(next((out / "sub-07" / "log").glob("*/summary.json")).read_text())
+    assert any("no usable T1w" in e["message"] for e in summary7["errors"])
+    summary8 = json.loads(next((out / "sub-08" / "log").glob("*/summary.json")).read_text())
+    assert any("slab misses the nuclei" in e["message"] for e in summary8["errors"])
+    m8 = _measured(out, "sub-08")
+    assert m8[(m8.roi == "SN") & (m8.measure == "cr")]["value"].isna().all()  # n/a, never a number
+
+
+def test_measures_table_contract(phantom_run):
+    _, out, _ = phantom_run
+    table = _measured(out, "sub-01")
+    assert list(table.columns) == ["participant_id", "session_id", "source", "acq_type", "roi", "hemi",
+                                   "measure", "value", "unit", "method", "reference", "ref_stat"]
+    assert set(table["participant_id"]) == {"sub-01"}
+    assert set(table["session_id"]) == {"n/a"}
+    assert set(table["acq_type"]) == {"GREMT"}
+    assert {"SN", "VTA", "LC", "CC", "PT"} <= set(table["roi"])
+    assert {"cr", "cnr", "volume_mm3", "coverage"} <= set(table["measure"])
+    assert table["source"].str.startswith("sub-01/anat/sub-01_acq-NM").all()
+    dictionary = json.loads((out / "sub-01" / "anat" / "sub-01_desc-nm_measures.json").read_text())
+    assert set(table.columns) <= set(dictionary)
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "nmbids"
+    crmaps = list((out / "sub-01" / "anat").glob("*_space-*_crmap.nii.gz"))
+    assert len(crmaps) == 1 and "space-MNI152NLin2009aSym" in crmaps[0].name
+    sidecar = json.loads(crmaps[0].with_name(crmaps[0].name.replace(".nii.gz", ".json")).read_text())
+    assert sidecar["Sources"][0].startswith("bids:raw:sub-01/anat/")
+
+
+def test_sn_cr_tracks_truth(phantom_run):
+    """Measured SN CR against the phantom's truth, both hemispheres of every good subject."""
+    root, out, _ = phantom_run
+    truth = json.loads((root / "truth.json").read_text())
+    pairs = []
+    for i in range(1, N_GOOD + 1):
+        sub = f"sub-{i:02d}"
+        t = _truth_cr(truth, sub, "SN")
+        m = _measured(out, sub)
+        for hemi in ("L", "R"):
+            v = m[(m.roi == "SN") & (m.hemi == hemi) & (m.measure == "cr")]["value"].iloc[0]
+            pairs.append((t[hemi], v))
+    true, meas = np.array(pairs).T
+    r = np.corrcoef(true, meas)[0, 1]
+    bias = float(np.mean(meas - true))
+    print(f"SN CR: r = {r:.3f}, bias = {bias:+.3f}, pairs = {pairs}")
+    assert np.all(np.isfinite(meas))
+    assert r > 0.8
+    assert abs(bias) < 0.08
+
+
+def test_coverage_and_qc(phantom_run):
+    _, out, _ = phantom_run
+    qc = pd.read_csv(out / "sub-01" / "anat" / "sub-01_desc-nm_qc.tsv", sep="\t")
+    assert qc["coverage_SN"].iloc[0] > 0.9
+    assert qc["n_repeats"].iloc[0] == 2
+    assert qc["nm2t1w_similarity"].iloc[0] > 0.5
+
+
+def test_group_level_collects_tables(phantom_run):
+    root, out, _ = phantom_run
+    code = _run(root / "bids", out, "group", "--no-voxelwise")
+    assert code == 0
+    gm = pd.read_csv(out / "group" / "group_measures.tsv", sep="\t")
+    assert set(gm["participant_id"]) == {f"sub-{i:02d}" for i in range(1, N_GOOD + 1)}
+    assert (out / "group" / "group_stats.tsv").exists()
+
+
+def test_run_py_and_version():
+    repo = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, str(repo / "run.py"), "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and "nmbids" in res.stdout
+
+
+@pytest.mark.skipif(not AAL3.exists(), reason="../shared/data/atlases/AAL3 not available")
+def test_sn_cr_tracks_truth_with_independent_nuclei(tmp_path):
+    """Nuclei drawn from AAL3 (independent of nmbids's ROIs): CR must still track the truth."""
+    sim.simulate_dataset(tmp_path, n_subjects=4, seed=21, nuclei=str(AAL3), **PHANTOM)
+    out = tmp_path / "out"
+    code = _run(tmp_path / "bids", out, "participant", "-w", tmp_path / "work", "--nprocs", 2,
+                "--registration-quality", "fast", "--skip-bids-validation")
+    assert code == 0
+    truth = json.loads((tmp_path / "truth.json").read_text())
+    pairs = []
+    for i in range(1, 5):
+        sub = f"sub-{i:02d}"
+        m = _measured(out, sub)
+        t = _truth_cr(truth, sub, "SN")
+        for hemi in ("L", "R"):
+            pairs.append((t[hemi], m[(m.roi == "SN") & (m.hemi == hemi) & (m.measure == "cr")]["value"].iloc[0]))
+    true, meas = np.array(pairs).T
+    r = np.corrcoef(true, meas)[0, 1]
+    print(f"AAL3 nuclei, SN CR: r = {r:.3f}, bias = {np.mean(meas - true):+.3f}")
+    assert r > 0.6
+    assert abs(np.mean(meas - true)) < 0.12
