@@ -169,8 +169,11 @@ step "prune dangling images" buildah "${STORAGE[@]}" rmi --prune
 chmod 0777 "$DATA"
 CONTAINER=$(buildah "${STORAGE[@]}" from "$IMAGE")
 step "nmbids --version" in_image nmbids --version
-step "nmbids-simulate (2 subjects)" in_image nmbids-simulate /data/sim --n 2 --seed 1
+# a small phantom (as in tests/test_pipeline.py) and fast registration keep this stage short
+step "nmbids-simulate (2 subjects)" in_image nmbids-simulate /data/sim --n 2 --seed 1 \
+    --t1w-res 1.5 --nm-fov 110x120 --repeats 2
 step "participant level" in_image nmbids /data/sim/bids /data/out participant \
-    -w /data/work --nprocs 2 --notrack
-step "group level" in_image nmbids /data/sim/bids /data/out group -w /data/work --notrack
+    -w /data/work --nprocs 2 --registration-quality fast --notrack
+step "group level" in_image nmbids /data/sim/bids /data/out group -w /data/work \
+    --n-permutations 100 --notrack
 step "check outputs" check_outputs

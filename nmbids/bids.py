@@ -81,32 +81,43 @@ def load_layout(bids_dir: Path, participants=None, database_dir: Path | None = N
     if participants:
         keep = "|".join(re.escape(p) for p in participants)
         ignore.append(re.compile(rf"^/sub-(?!({keep})(/|$))[^/]+"))
-    indexer = BIDSLayoutIndexer(validate=False, ignore=ignore, index_metadata=True)
+    indexer = BIDSLayoutIndexer(validate=False, ignore=ignore, index_metadata=False)
     kwargs = {"database_path": str(database_dir)} if database_dir else {}
     return BIDSLayout(str(bids_dir), validate=False, indexer=indexer, **kwargs)
 
 
-def _read_sidecar(bids_file) -> tuple[dict, str | None]:
-    """Sidecar metadata, read ourselves so that a broken JSON is reported, not fatal."""
+def _read_sidecar(bids_file, bids_dir: Path) -> tuple[dict, str | None]:
+    """Sidecar metadata with BIDS inheritance, read ourselves so that a broken JSON is
+    reported for that file instead of breaking the whole index (pybids raises on it).
+
+    Applicable sidecars: in the file's folder and every parent up to the root, JSON files
+    with the same suffix whose entities are a subset of the file's; nearer ones win.
+    """
     path = Path(bids_file.path)
-    stem = path.name.split(".")[0]
-    sidecar = path.with_name(stem + ".json")
-    meta = {}
-    try:
-        meta = dict(bids_file.get_metadata())
-    except Exception:  # pybids raises on broken JSON anywhere in the inheritance chain
-        pass
-    if sidecar.exists():
-        try:
-            meta.update(json.loads(sidecar.read_text()))
-        except (ValueError, UnicodeDecodeError) as err:
-            return meta, f"sidecar {sidecar.name} is not valid JSON ({err.__class__.__name__})"
+    name = path.name.split(".")[0]
+    parts = name.split("_")
+    suffix, pairs = parts[-1], set(parts[:-1])
+    folders = [path.parent] + [p for p in path.parents if Path(bids_dir) in p.parents or p == Path(bids_dir)]
+    meta: dict = {}
+    for folder in reversed(list(dict.fromkeys(folders))):  # root first, nearest last
+        for cand in sorted(folder.glob(f"*{suffix}.json")):
+            cparts = cand.name[:-5].split("_")
+            if cparts[-1] != suffix or not set(cparts[:-1]) <= pairs:
+                continue
+            try:
+                meta.update(json.loads(cand.read_text()))
+            except (ValueError, UnicodeDecodeError, OSError) as err:
+                return meta, f"sidecar {cand.name} is not valid JSON ({err.__class__.__name__})"
     return meta, None
 
 
 def _prefix(entities: dict) -> str:
-    parts = [f"{short}-{entities[long]}" for long, short in _PREFIX_ENTITIES if long in entities]
-    return "_".join(parts)
+    ents = dict(entities)
+    # an image without acq- (e.g. sub-01_mt-on_MTR) is named after its suffix, so that its
+    # derivatives never look like the session's own files (sub-01_desc-...)
+    if "acquisition" not in ents and ents.get("suffix"):
+        ents["acquisition"] = re.sub(r"[^A-Za-z0-9]", "", ents["suffix"])
+    return "_".join(f"{short}-{ents[long]}" for long, short in _PREFIX_ENTITIES if long in ents)
 
 
 def plan_participant(layout, bids_dir: Path, participant: str, sessions=None,
@@ -128,7 +139,7 @@ def plan_participant(layout, bids_dir: Path, participant: str, sessions=None,
         for f in sorted(files, key=lambda f: f.path):
             ents = dict(f.get_entities())
             rel = str(Path(f.path).relative_to(bids_dir))
-            meta, meta_err = _read_sidecar(f)
+            meta, meta_err = _read_sidecar(f, bids_dir)
             suffix = ents.get("suffix")
             if meta_err:
                 ignored.append({"path": rel, "reason": meta_err})

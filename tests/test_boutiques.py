@@ -167,10 +167,9 @@ def _local_descriptor(descriptor: dict, tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_launch_no_container(descriptor, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    # one small subject: 1.5 mm T1w, two NM repeats written as runs (a 3D T1w-suffixed file each,
-    # so the dataset passes the BIDS validator that nmbids runs)
-    subprocess.run([_script("nmbids-simulate"), "sim", "--n", "1", "--seed", "1", "--repeats", "2",
-                    "--repeats-as-runs", "--t1w-res", "1.5"], check=True, capture_output=True)
+    # one small subject (the phantom of test_pipeline.py): 1.5 mm T1w, a small NM field of view
+    subprocess.run([_script("nmbids-simulate"), "sim", "--n", "1", "--seed", "1", "--t1w-res", "1.5",
+                    "--nm-fov", "110x120", "--repeats", "2"], check=True, capture_output=True)
     local = _local_descriptor(descriptor, tmp_path)
 
     def launch(invocation: dict, name: str):

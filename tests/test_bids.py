@@ -1,0 +1,97 @@
+"""Discovery and classification: sidecars in the three vendors' styles, real BIDS layouts."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nmbids.acquisitions import FSE, GREMT, MTR, classify, looks_like_nm
+from nmbids.bids import load_layout, plan_participant
+from nmbids.cli import main as nmbids_main
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+EXAMPLES = SHARED / "data" / "bids-examples"
+
+
+@pytest.mark.parametrize("meta, entities, expected", [
+    # Siemens
+    ({"ScanningSequence": "GR", "SequenceName": "*fl3d1", "MTState": True}, {"acquisition": "NM"}, GREMT),
+    ({"ScanningSequence": "SE", "SequenceName": "*tse2d1_3", "EchoTrainLength": 3}, {"acquisition": "LC"}, FSE),
+    # GE
+    ({"ScanningSequence": "GR", "PulseSequenceType": "GRE", "SequenceName": "fgre"}, {"acquisition": "NM"}, GREMT),
+    ({"ScanningSequence": "SE", "SequenceName": "FSE", "EchoTrainLength": 4}, {"acquisition": "NM"}, FSE),
+    # Philips
+    ({"ScanningSequence": "GR", "SequenceName": "T1FFE"}, {"acquisition": "neuromelanin"}, GREMT),
+    ({"ScanningSequence": "SE", "SequenceName": "TSE"}, {"acquisition": "neuromelanin"}, FSE),
+    # no metadata: the acq- label decides
+    ({}, {"acquisition": "FSE"}, FSE),
+    ({}, {"acquisition": "neuromelaninMTw"}, GREMT),
+    # MT pairs
+    ({"MTState": True}, {"mt": "on"}, MTR),
+    # unknown
+    ({}, {"acquisition": "mprage"}, None),
+])
+def test_classify_vendor_styles(meta, entities, expected):
+    kind, evidence = classify(entities, meta)
+    assert kind == expected
+    if expected is not None and meta:
+        assert evidence
+
+
+def test_nm_never_taken_as_t1w(tmp_path):
+    root = tmp_path / "ds"
+    anat = root / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.9.0"}))
+    for name in ("sub-01_acq-NM_T1w", "sub-01_acq-mprage_T1w", "sub-01_acq-neuromelanin_T2starw"):
+        (anat / f"{name}.nii.gz").write_bytes(b"")
+        (anat / f"{name}.json").write_text(json.dumps({"MTState": "NM" in name or "neuro" in name}))
+    plan = plan_participant(load_layout(root), root, "01")[0]
+    assert plan.t1w.endswith("sub-01_acq-mprage_T1w.nii.gz")
+    assert sorted(Path(n.source).name for n in plan.nm) == ["sub-01_acq-NM_T1w.nii.gz",
+                                                            "sub-01_acq-neuromelanin_T2starw.nii.gz"]
+    assert looks_like_nm({"acquisition": "NM", "suffix": "T1w"}, {})
+
+
+def test_broken_sidecar_is_reported_not_fatal(tmp_path):
+    root = tmp_path / "ds"
+    anat = root / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.9.0"}))
+    (anat / "sub-01_acq-NM_T1w.nii.gz").write_bytes(b"")
+    (anat / "sub-01_acq-NM_T1w.json").write_text("{not json")
+    plan = plan_participant(load_layout(root), root, "01")[0]
+    assert not plan.nm
+    assert any("not valid JSON" in i["reason"] for i in plan.ignored)
+
+
+@pytest.mark.skipif(not EXAMPLES.exists(), reason="../shared/data/bids-examples not available")
+@pytest.mark.parametrize("dataset", ["qmri_mpm", "qmri_mtsat"])
+def test_real_mt_layouts_are_discovered_and_refused_clearly(dataset, tmp_path, capfd):
+    root = EXAMPLES / dataset
+    plan = plan_participant(load_layout(root), root, "01")[0]
+    assert plan.nm and all(n.acq_type == MTR and n.mt_off for n in plan.nm)
+    code = nmbids_main([str(root), str(tmp_path / "out"), "participant", "--skip-bids-validation",
+                        "-w", str(tmp_path / "work")])
+    err = capfd.readouterr().err
+    assert code in (65, 66)
+    assert "Traceback" not in err
+    assert "sub-01" in err
+
+
+@pytest.mark.skipif(not EXAMPLES.exists(), reason="../shared/data/bids-examples not available")
+def test_dataset_without_nm_exits_18(tmp_path, capfd):
+    code = nmbids_main([str(EXAMPLES / "ds001"), str(tmp_path / "out"), "participant", "--skip-bids-validation",
+                        "-w", str(tmp_path / "work"), "--participant-label", "01", "02"])
+    assert code == 18
+    assert "no NM images" in capfd.readouterr().err
+
+
+def test_usage_errors(tmp_path):
+    (tmp_path / "dataset_description.json").write_text("{}")
+    assert nmbids_main([str(tmp_path), str(tmp_path), "participant"]) == 64
+    assert nmbids_main([str(tmp_path), str(tmp_path / "o"), "everything"]) == 17
+    with pytest.raises(SystemExit) as exc:
+        nmbids_main([str(tmp_path), str(tmp_path / "o"), "participant", "--ref-stat", "max"])
+    assert exc.value.code == 64
