@@ -171,3 +171,23 @@ def test_sn_cr_tracks_truth_with_independent_nuclei(tmp_path):
     print(f"AAL3 nuclei, SN CR: r = {r:.3f}, bias = {np.mean(meas - true):+.3f}")
     assert r > 0.6
     assert abs(np.mean(meas - true)) < 0.12
+
+
+def test_phantom_report_renders_in_chromium(phantom_run, tmp_path):
+    """The real report of a phantom participant: every figure exists and the browser loads it cleanly."""
+    from test_reports import _chromium, _parse, _run_chromium
+
+    _, out, _ = phantom_run
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no chromium executable (the Makefile installs it)")
+    page = out / "sub-01.html"
+    res = _run_chromium(exe, tmp_path, page.as_uri(), "--dump-dom")
+    assert res.returncode == 0, res.stderr[-2000:]
+    imgs = _parse(res.stdout).imgs
+    assert len(imgs) >= 5  # coverage, registration, ROIs, CR map, histogram, ...
+    for src in imgs:
+        f = out / src
+        assert f.is_file() and f.stat().st_size > 0, src
+    console = [ln for ln in res.stderr.splitlines() if "Uncaught" in ln or "ERR_FILE_NOT_FOUND" in ln]
+    assert not console, "\n".join(console)
