@@ -154,8 +154,11 @@ check_outputs() {
     fi
     find "$DATA/out" -name '*_desc-nm_measures.tsv' | grep -q . ||
         { echo "no measures table written" >&2; return 1; }
-    [[ -d "$DATA/out/group" ]] && find "$DATA/out/group" -type f | head -20 ||
-        { echo "no group/ outputs" >&2; return 1; }
+    if ! find "$DATA/out/group" -name 'group_*.tsv' 2>/dev/null | grep -q .; then
+        echo "no group tables (group/group_*.tsv) written" >&2
+        return 1
+    fi
+    find "$DATA/out/group" -maxdepth 1 -type f | sort
 }
 
 step "install buildah/podman/debootstrap" install_tools
