@@ -14,6 +14,7 @@
 #   NMBIDS_CI_REFRESH_BASE=1               rebuild the debootstrap base even if cached
 #   NMBIDS_CI_KEEP=1                       keep the scratch data directory (printed at the end)
 #   NMBIDS_CI_IMAGE=localhost/nmbids:ci    the tag to build
+#   NMBIDS_CI_LOCK=/var/lock/nmbids-ci-container.lock   serialises runs on one machine
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -26,15 +27,26 @@ IMAGE=${NMBIDS_CI_IMAGE:-localhost/nmbids:ci}
 STORAGE=(--storage-driver vfs)
 VERSION=$(sed -n 's/^__version__ *= *"\(.*\)"/\1/p' "$REPO/nmbids/__init__.py")
 
+# One container stage at a time on a machine: runs share buildah's storage, and one run's
+# pruning would delete another's build containers.
+exec 9>"${NMBIDS_CI_LOCK:-/var/lock/nmbids-ci-container.lock}"
+if ! flock -n 9; then
+    echo "=== [container] another container stage is running here: waiting for it (20 min at most)"
+    flock -w 1200 9 || echo "=== [container] the lock is still held (a stray process?): going on"
+fi
+
 declare -a TIMINGS=()
 T0=$SECONDS
+CURRENT=""
+CURRENT_T0=0
 step() {  # step "name" command...: run, time and record one step
-    local name=$1 t=$SECONDS
+    CURRENT=$1 CURRENT_T0=$SECONDS
     shift
     echo
-    echo "=== [container] $name"
+    echo "=== [container] $CURRENT"
     "$@"
-    TIMINGS+=("$(printf '%-34s %5ds' "$name" $((SECONDS - t)))")
+    TIMINGS+=("$(printf '%-34s %5ds' "$CURRENT" $((SECONDS - CURRENT_T0)))")
+    CURRENT=""
 }
 
 DATA=$(mktemp -d /tmp/nmbids-ci-container.XXXXXX)
@@ -45,6 +57,9 @@ summary() {
     echo "=== [container] timings"
     local line
     for line in "${TIMINGS[@]}"; do echo "  $line"; done
+    if [[ -n "$CURRENT" ]]; then
+        printf '  %-34s %5ds  FAILED\n' "$CURRENT" $((SECONDS - CURRENT_T0))
+    fi
     printf '  %-34s %5ds\n' "total" $((SECONDS - T0))
     if [[ -n "$CONTAINER" ]]; then buildah "${STORAGE[@]}" rm "$CONTAINER" >/dev/null 2>&1 || true; fi
     if [[ $rc -ne 0 || -n "${NMBIDS_CI_KEEP:-}" ]]; then

@@ -29,6 +29,10 @@ LOG = logging.getLogger("nmbids")
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # before anything imports matplotlib: a writable config folder even on a read-only HOME
+    from .reports.figures import _configure_matplotlib
+
+    _configure_matplotlib()
     try:
         return run(args, argv if argv is not None else sys.argv[1:])
     except NmbidsError as err:

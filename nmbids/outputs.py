@@ -68,6 +68,13 @@ def atomic_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _container_type() -> str | None:
+    """Singularity/Apptainer run our Docker image but set their own variables."""
+    if os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER"):
+        return "singularity"
+    return os.environ.get("NMBIDS_CONTAINER") or None
+
+
 def bids_uri(rel_path: str) -> str:
     return f"bids:raw:{rel_path}"
 
@@ -90,8 +97,7 @@ def write_dataset_description(output_dir: Path, bids_dir: Path) -> None:
             "Name": "nmbids",
             "Version": __version__,
             "CodeURL": "https://github.com/nmbids/nmbids",
-            **({"Container": {"Type": os.environ["NMBIDS_CONTAINER"]}}
-               if os.environ.get("NMBIDS_CONTAINER") else {}),
+            **({"Container": {"Type": _container_type()}} if _container_type() else {}),
         }],
         "SourceDatasets": [{"URL": f"file://{Path(bids_dir).resolve()}"}],
         "DatasetLinks": {"raw": str(Path(bids_dir).resolve())},
