@@ -13,7 +13,6 @@ Conventions (measured, see docs/architecture.md):
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import ants
 import numpy as np

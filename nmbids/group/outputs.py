@@ -8,51 +8,28 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
 
+from ..outputs import atomic_path as _atomic_path
 from .errors import EXIT_CANTCREAT, GroupError
 
 NA = "n/a"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
-
-
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` on success.
-
-    The temporary name ends with the destination's name, so that writers that
-    look at the extension (nibabel's ``.nii.gz``, matplotlib's ``.svg``) behave.
-    """
-    path = Path(path)
+    """``nmbids.outputs.atomic_path``, with a failure to create the file as a GroupError."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix="-" + path.name)
-        os.close(fd)
+        with _atomic_path(path) as tmp:
+            yield tmp
     except OSError as exc:
+        if Path(path).exists() or not isinstance(exc, (PermissionError, FileNotFoundError)):
+            raise
         raise GroupError(f"cannot create {path}: {exc.strerror or exc}", EXIT_CANTCREAT) from exc
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def write_text(path: Path, text: str) -> Path:
