@@ -116,7 +116,10 @@ def run(args, argv) -> int:
 
 def _validate(bids_dir: Path) -> None:
     """Run the BIDS validator when it is installed; errors stop the run (exit 16)."""
-    exe = shutil.which("bids-validator-deno") or shutil.which("bids-validator")
+    # also beside our interpreter: a venv's bin/ is often not on PATH (.venv/bin/nmbids ...)
+    here = Path(sys.executable).parent
+    exe = next((str(here / n) for n in ("bids-validator-deno",) if (here / n).exists()), None) \
+        or shutil.which("bids-validator-deno") or shutil.which("bids-validator")
     if not exe:
         LOG.warning("BIDS validator not installed: validation skipped")
         return

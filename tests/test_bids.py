@@ -95,3 +95,16 @@ def test_usage_errors(tmp_path):
     with pytest.raises(SystemExit) as exc:
         nmbids_main([str(tmp_path), str(tmp_path / "o"), "participant", "--ref-stat", "max"])
     assert exc.value.code == 64
+
+
+@pytest.mark.skipif(not EXAMPLES.exists(), reason="../shared/data/bids-examples not available")
+def test_invalid_dataset_exits_16(tmp_path, capfd):
+    import shutil as sh
+    import sys
+
+    if not (Path(sys.executable).parent / "bids-validator-deno").exists() and not sh.which("bids-validator-deno"):
+        pytest.skip("bids-validator-deno not installed")
+    code = nmbids_main([str(EXAMPLES / "qmri_mtsat"), str(tmp_path / "out"), "participant",
+                        "-w", str(tmp_path / "work")])
+    assert code == 16
+    assert "failed BIDS validation" in capfd.readouterr().err
