@@ -191,3 +191,14 @@ def test_phantom_report_renders_in_chromium(phantom_run, tmp_path):
         assert f.is_file() and f.stat().st_size > 0, src
     console = [ln for ln in res.stderr.splitlines() if "Uncaught" in ln or "ERR_FILE_NOT_FOUND" in ln]
     assert not console, "\n".join(console)
+
+
+def test_reports_only_rebuilds_from_outputs(phantom_run):
+    root, out, _ = phantom_run
+    page = out / "sub-02.html"
+    before = page.read_text()
+    page.unlink()
+    assert _run(root / "bids", out, "participant", "--reports-only", "--participant-label", "02",
+                "-w", root / "work") == 0
+    assert page.exists()
+    assert before.count("<img") == page.read_text().count("<img")
