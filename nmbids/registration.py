@@ -94,21 +94,17 @@ def nm_to_t1w(nm: ants.ANTsImage, t1w: ants.ANTsImage, outprefix: str) -> dict:
 
     The returned transform maps NM points to T1w points, so it pulls the T1w onto the NM grid
     as is and pushes NM onto the T1w grid when inverted.
-    Returns ``{"rigid": path, "similarity": float, "shift_mm": float}``.
+    Returns ``{"rigid": path, "similarity": float}``.
     """
     _seed()
-    # The T1w on the NM grid as the headers place it: the similarity before registration.
-    t1_near = ants.resample_image_to_target(t1w, nm, interp_type="linear")
     nm_mask = ants.threshold_image(nm, float(np.percentile(nm.numpy(), 20)), float(nm.max()) + 1)
     reg = ants.registration(fixed=nm, moving=t1w, type_of_transform="Rigid", initial_transform="Identity",
                             mask=nm_mask, aff_metric="mattes", aff_random_sampling_rate=0.3,
                             aff_iterations=(100, 50), aff_shrink_factors=(4, 2),
                             aff_smoothing_sigmas=(2, 1), outprefix=outprefix)
-    rigid = reg["fwdtransforms"][0]
-    shift = mean_displacement(rigid, _grid_points(nm))
-    pulled = ants.apply_transforms(fixed=nm, moving=t1w, transformlist=[rigid], interpolator="linear")
-    return {"rigid": rigid, "similarity": similarity(nm, pulled, mask=nm_mask),
-            "similarity_headers": similarity(nm, t1_near, mask=nm_mask), "shift_mm": shift}
+    # warpedmovout is the T1w pulled onto the NM grid: the similarity after registration
+    return {"rigid": reg["fwdtransforms"][0],
+            "similarity": similarity(nm, reg["warpedmovout"], mask=nm_mask)}
 
 
 def similarity(a: ants.ANTsImage, b: ants.ANTsImage, mask: ants.ANTsImage | None = None) -> float:

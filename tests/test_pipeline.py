@@ -7,7 +7,6 @@ the test also checks that they cost the good participants nothing.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path

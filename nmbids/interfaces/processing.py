@@ -119,8 +119,6 @@ class _CoregOutputSpec(TraitedSpec):
     rigid = File(exists=True, desc="ANTs rigid mapping NM points to T1w points")
     nm_t1w = File(exists=True)
     similarity = traits.Float()
-    similarity_headers = traits.Float()
-    shift_mm = traits.Float()
 
 
 class CoregNM(SimpleInterface):
@@ -137,8 +135,7 @@ class CoregNM(SimpleInterface):
         res = nm_to_t1w(nm, t1, os.path.join(runtime.cwd, "nm2t1w_"))
         out = os.path.join(runtime.cwd, "nm_t1w.nii.gz")
         push_nm_to_t1w(nm, t1, res["rigid"]).to_file(out)
-        self._results.update(rigid=res["rigid"], nm_t1w=out, similarity=res["similarity"],
-                             similarity_headers=res["similarity_headers"], shift_mm=res["shift_mm"])
+        self._results.update(rigid=res["rigid"], nm_t1w=out, similarity=res["similarity"])
         return runtime
 
 

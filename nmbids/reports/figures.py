@@ -66,7 +66,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from ..outputs import atomic_write_bytes  # noqa: E402
 from .utils import NA, Label, read_tsv  # noqa: E402
-from .warnings import CR_MAX, CR_MIN, as_float  # noqa: E402
+from .warnings import CR_MIN, as_float  # noqa: E402
 
 matplotlib.rcParams.update({
     "svg.fonttype": "none",  # text stays text: smaller files, searchable
