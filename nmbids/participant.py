@@ -254,6 +254,10 @@ def write_session(plan: SessionPlan, *, bids_dir, output_dir, work_dir, template
                  "Formula": "100 * (off - on) / off"})
             _put(quant.mtr_template, f"{P}_space-{space}_MTRmap.nii.gz", {**params, "Units": "percent",
                  "SpatialReference": space})
+            _put(quant.mte_native, f"{P}_mtemap.nii.gz", {**params, "Units": "ratio",
+                 "Formula": "on / off", "Description": "MT enhancement"})
+            _put(quant.mte_template, f"{P}_space-{space}_mtemap.nii.gz", {**params, "Units": "ratio",
+                 "Formula": "on / off", "Description": "MT enhancement", "SpatialReference": space})
         motion = list(prep.motion)
         if len(motion) > 1:
             atomic_write_tsv(Path(f"{P}_desc-motion_timeseries.tsv"),
@@ -387,8 +391,9 @@ def measures_dictionary(ref_stat: str) -> dict:
             "volume_mm3": "number of ROI voxels with I > ref(R) + k*sd(R), times the voxel volume",
             "coverage": "fraction of the template-space ROI inside the NM slab",
             "reference_value": f"ref(R): the {ref_stat} of the reference region intensities",
-            "mtr": "mean over the ROI of 100 * (off - on) / off",
-            "mt_enhancement": "mean over the ROI of on / off"}},
+            "mtr": "mean of 100 * (off - on) / off over the NM-rich ROI voxels (I_on > ref(R) + k*sd(R))",
+            "mtr_roimean": "mean of 100 * (off - on) / off over all ROI voxels",
+            "mt_enhancement": "mean of on / off over the NM-rich ROI voxels (I_on > ref(R) + k*sd(R))"}},
         "value": {"Description": "the value; n/a when it cannot be measured honestly (ROI coverage "
                                  "below 0.5, fewer than 5 voxels, no reference)"},
         "unit": {"Description": "unit of value", "Levels": {"ratio": "unitless", "mm3": "cubic millimetres",

@@ -27,13 +27,14 @@ def _seed():
     ants.config._random_seed = SEED
 
 
-def n4(image: ants.ANTsImage, mask: ants.ANTsImage | None = None, shrink: int = 4,
-       iterations=(50,)) -> ants.ANTsImage:
-    """N4 bias-field correction (Tustison et al. 2010) of a positive image.
+def n4_field(image: ants.ANTsImage, mask: ants.ANTsImage | None = None, shrink: int = 4,
+             iterations=(50,)) -> ants.ANTsImage:
+    """Multiplicative bias field of a positive image by N4 (Tustison et al. 2010).
 
     A smooth field (one B-spline mesh element, a single fitting level) is all a slab or a
     head needs here; each extra level refines the mesh and, measured on a 225×250×20 slab,
     costs about five times more (2.5 s for one level at shrink 4, 68 s for two at shrink 2).
+    The field is defined everywhere, not only inside the fitting mask.
     """
     img = ants.image_clone(image, pixeltype="float")
     arr = img.numpy()
@@ -42,8 +43,20 @@ def n4(image: ants.ANTsImage, mask: ants.ANTsImage | None = None, shrink: int = 
                           direction=img.direction)
     if mask is None:
         mask = ants.get_mask(img, low_thresh=float(np.percentile(arr, 40)), cleanup=0)
-    return ants.n4_bias_field_correction(img, mask=mask, shrink_factor=shrink,
+    return ants.n4_bias_field_correction(img, mask=mask, shrink_factor=shrink, return_bias_field=True,
                                          convergence={"iters": list(iterations), "tol": 1e-6})
+
+
+def n4(image: ants.ANTsImage, mask: ants.ANTsImage | None = None, **kwargs) -> ants.ANTsImage:
+    """``image / n4_field(image)`` over the whole image.
+
+    Why not ANTsPy's corrected output: it divides only the voxels inside the fitting mask
+    and leaves the others as they were (measured: a factor 1.78 inside, 1.00 outside), which
+    puts a step into the image at the mask edge. Dividing by the field keeps it smooth.
+    """
+    field = n4_field(image, mask, **kwargs)
+    out = ants.image_clone(image, pixeltype="float")
+    return out.new_image_like((out.numpy() / np.maximum(field.numpy(), 1e-6)).astype(np.float32))
 
 
 def _crop_box_mm(image: ants.ANTsImage, box_ras: tuple) -> ants.ANTsImage:

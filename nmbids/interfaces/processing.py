@@ -81,7 +81,7 @@ class PrepareNM(SimpleInterface):
 
     def _run_interface(self, runtime):
         ants = _ants()
-        from ..registration import n4, realign_repeats
+        from ..registration import n4_field, realign_repeats
 
         repeats = []
         for f in self.inputs.in_files:
@@ -89,7 +89,10 @@ class PrepareNM(SimpleInterface):
             repeats += ants.ndimage_to_list(img) if img.dimension == 4 else [img]
         prefix = os.path.join(runtime.cwd, "rep_")
         mean, motion = realign_repeats(repeats, prefix) if len(repeats) > 1 else (repeats[0], [0.0])
-        nm = n4(mean)
+        # One bias field for both images of an MT pair: estimated on the (averaged) on
+        # image and divided out of both, so the ratio carries no bias of its own.
+        field = np.maximum(n4_field(mean).numpy(), 1e-6)
+        nm = mean.new_image_like((mean.numpy() / field).astype(np.float32))
         out = os.path.join(runtime.cwd, "nm_preproc.nii.gz")
         nm.to_file(out)
         self._results.update(nm_preproc=out, motion=motion)
@@ -97,13 +100,10 @@ class PrepareNM(SimpleInterface):
             off = ants.image_read(self.inputs.mt_off)
             if off.dimension == 4:
                 off = ants.ndimage_to_list(off)[0]
-            # The same bias field applies to both images of a pair: correct the off image
-            # with the field estimated on the on image, so the ratio keeps no bias.
-            field = nm / ants.image_clone(mean, pixeltype="float").apply(lambda x: x + 1e-6)
             reg = ants.registration(fixed=mean, moving=off, type_of_transform="Rigid",
                                     initial_transform="Identity", aff_random_sampling_rate=1.0,
                                     outprefix=os.path.join(runtime.cwd, "off_"))
-            off_c = reg["warpedmovout"] * field
+            off_c = reg["warpedmovout"].new_image_like((reg["warpedmovout"].numpy() / field).astype(np.float32))
             off_path = os.path.join(runtime.cwd, "mt_off_preproc.nii.gz")
             off_c.to_file(off_path)
             self._results["mt_off_preproc"] = off_path
@@ -159,6 +159,8 @@ class _QuantOutputSpec(TraitedSpec):
     nm_template = File(exists=True)
     mtr_native = File()
     mtr_template = File()
+    mte_native = File(desc="MT enhancement on/off, NM grid")
+    mte_template = File()
     results = File(exists=True, desc="JSON: measure rows, reference values, coverage")
 
 
@@ -174,7 +176,7 @@ class QuantifyNM(SimpleInterface):
 
         from .. import measures
         from ..acquisitions import PROFILES
-        from ..quantify import qc_snr, quantify, region_masks
+        from ..quantify import mt_rows, qc_snr, quantify, region_masks
         from ..registration import pull_atlas_to_nm, push_nm_to_template
         from ..templates import get_template
 
@@ -203,7 +205,7 @@ class QuantifyNM(SimpleInterface):
         mtr_arr = None
         if isdefined(self.inputs.mt_off):
             off = ants.image_read(self.inputs.mt_off).numpy()
-            mtr_arr = measures.mtr(image, off)
+            mtr_arr, enh_arr = measures.mtr(image, off), measures.mt_enhancement(image, off)
         # slices are the third voxel axis of an axial slab; is it ordered inferior→superior?
         direction = np.asarray(nm.direction)[:, 2]
         inferior_first = direction[2] >= 0  # LPS and RAS agree on the z axis
@@ -211,7 +213,7 @@ class QuantifyNM(SimpleInterface):
         rows, refs = quantify(image, dseg.numpy().astype(int), table, coverage, profile,
                               self.inputs.ref_stat, vox, slice_axis=2, inferior_first=inferior_first)
         if mtr_arr is not None:
-            rows += _mtr_rows(mtr_arr, image, off, dseg.numpy().astype(int), table, coverage, profile)
+            rows += mt_rows(mtr_arr, enh_arr, image, dseg.numpy().astype(int), table, coverage, profile, refs)
 
         ref = refs.get(profile.map_reference, {}).get("value", np.nan)
         cr_native = measures.contrast_ratio(image, ref) if np.isfinite(ref) else np.full(image.shape, np.nan)
@@ -228,15 +230,16 @@ class QuantifyNM(SimpleInterface):
         ants.from_numpy(np.nan_to_num(nm_tpl), origin=template.origin, spacing=template.spacing,
                         direction=template.direction).to_file(out["nm_template"])
         if mtr_arr is not None:
-            mtr_img = ants.from_numpy(np.nan_to_num(mtr_arr).astype(np.float32), origin=nm.origin,
+            for name, arr in (("mtr", mtr_arr), ("mte", enh_arr)):
+                img = ants.from_numpy(np.nan_to_num(arr).astype(np.float32), origin=nm.origin,
                                       spacing=nm.spacing, direction=nm.direction)
-            out["mtr_native"] = os.path.join(cwd, "mtr_native.nii.gz")
-            mtr_img.to_file(out["mtr_native"])
-            mtr_tpl = push_nm_to_template(mtr_img, template, xfm, self.inputs.rigid).numpy()
-            mtr_tpl[~slab_tpl] = np.nan
-            out["mtr_template"] = os.path.join(cwd, "mtr_template.nii.gz")
-            ants.from_numpy(mtr_tpl, origin=template.origin, spacing=template.spacing,
-                            direction=template.direction).to_file(out["mtr_template"])
+                out[f"{name}_native"] = os.path.join(cwd, f"{name}_native.nii.gz")
+                img.to_file(out[f"{name}_native"])
+                tpl = push_nm_to_template(img, template, xfm, self.inputs.rigid).numpy()
+                tpl[~slab_tpl] = np.nan
+                out[f"{name}_template"] = os.path.join(cwd, f"{name}_template.nii.gz")
+                ants.from_numpy(tpl, origin=template.origin, spacing=template.spacing,
+                                direction=template.direction).to_file(out[f"{name}_template"])
 
         results = {
             "rows": rows,
@@ -250,25 +253,3 @@ class QuantifyNM(SimpleInterface):
             json.dump(results, fh, default=lambda x: None if x != x else float(x))
         self._results.update(dseg=dseg_path, **out)
         return runtime
-
-
-def _mtr_rows(mtr_arr, on, off, dseg, table, coverage, profile):
-    """ROI means of MTR (percent) and of the MT enhancement on/off for MT pairs."""
-    from .. import measures
-    from ..quantify import HEMIS, region_masks
-
-    masks = region_masks(dseg, table)
-    enh = measures.mt_enhancement(on, off)
-    rows = []
-    for roi in profile.references:
-        for hemi in HEMIS:
-            cov = coverage.get((roi, hemi), np.nan)
-            ok = np.isfinite(cov) and cov >= profile.min_coverage and (roi, hemi) in masks
-            sel = masks[(roi, hemi)] if ok else None
-            for name, arr, unit in (("mtr", mtr_arr, "percent"), ("mt_enhancement", enh, "ratio")):
-                vals = arr[sel] if sel is not None else np.array([])
-                vals = vals[np.isfinite(vals)]
-                value = float(np.mean(vals)) if vals.size >= profile.min_voxels else None
-                rows.append(dict(roi=roi, hemi=hemi, measure=name, value=value, unit=unit,
-                                 method="roi_mean", reference="n/a", ref_stat="n/a"))
-    return rows

@@ -1,0 +1,83 @@
+"""quantify: which voxels each measure sees, against hand-computed values."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from nmbids.acquisitions import PROFILES
+from nmbids.quantify import mt_rows, quantify
+
+TABLE = pd.DataFrame({"index": range(1, 10),
+                      "roi": ["SN", "SN", "VTA", "VTA", "LC", "LC", "CC", "CC", "PT"],
+                      "hemi": ["L", "R", "L", "R", "L", "R", "L", "R", "bilateral"]})
+
+
+def _scene():
+    """A 14x1x1 strip: 6 CC voxels (100 ± 2), SN_L with 5 bright (130) + 3 dim (100) voxels."""
+    dseg = np.array([7, 7, 7, 8, 8, 8] + [1] * 8).reshape(14, 1, 1)
+    nm = np.array([98, 100, 102, 98, 100, 102] + [130] * 5 + [100] * 3, float).reshape(14, 1, 1)
+    coverage = {("SN", "L"): 1.0, ("SN", "bilateral"): 1.0, ("SN", "R"): 0.0}
+    return nm, dseg, coverage
+
+
+def _value(rows, roi, hemi, measure):
+    hits = [r["value"] for r in rows if (r["roi"], r["hemi"], r["measure"]) == (roi, hemi, measure)]
+    assert len(hits) == 1, (roi, hemi, measure, hits)
+    return hits[0]
+
+
+def test_quantify_sn_by_hand():
+    nm, dseg, coverage = _scene()
+    profile = PROFILES["GREMT"]
+    rows, refs = quantify(nm, dseg, TABLE, coverage, profile, "median", voxel_volume=2.0)
+    # reference: median of CC = 100, sd (ddof=1) of [98,100,102]*2 = sqrt(8*2/5) = 1.7889
+    assert refs["CC"]["value"] == pytest.approx(100.0)
+    assert refs["CC"]["sd"] == pytest.approx(np.sqrt(16 / 5))
+    # threshold 100 + 3*1.789 = 105.4: the five 130 voxels pass -> CR 0.30, volume 5*2 mm3
+    assert _value(rows, "SN", "L", "cr") == pytest.approx(0.30)
+    assert _value(rows, "SN", "L", "cr_threshold") == pytest.approx(0.30)
+    assert _value(rows, "SN", "L", "volume_mm3") == pytest.approx(10.0)
+    # ROI mean: (5*130 + 3*100)/8 = 118.75 -> 0.1875
+    assert _value(rows, "SN", "L", "cr_roimean") == pytest.approx(0.1875)
+    # CNR: (118.75 - 100) / 1.7889
+    assert _value(rows, "SN", "L", "cnr") == pytest.approx(18.75 / np.sqrt(16 / 5))
+    # coverage 0 on the right: every value n/a
+    assert _value(rows, "SN", "R", "cr") is None
+    assert _value(rows, "SN", "R", "coverage") == 0.0
+
+
+def test_mt_rows_use_nm_rich_voxels():
+    on, dseg, coverage = _scene()
+    profile = PROFILES["MTR"]
+    _, refs = quantify(on, dseg, TABLE, coverage, profile, "median", voxel_volume=1.0)
+    # MT-off: 150 in the nucleus, 200 elsewhere -> MTR 100*(150-130)/150 = 13.33 in the
+    # NM-rich voxels, 100*(200-100)/200 = 50 in the dim ROI voxels and in CC (100 -> 49..51).
+    off = np.where(on == 130, 150.0, 200.0)
+    mtr = 100 * (off - on) / off
+    rows = mt_rows(mtr, on / off, on, dseg, TABLE, coverage, profile, refs)
+    assert _value(rows, "SN", "L", "mtr") == pytest.approx(100 * 20 / 150)
+    assert _value(rows, "SN", "L", "mtr_roimean") == pytest.approx((5 * 100 * 20 / 150 + 3 * 50) / 8)
+    assert _value(rows, "SN", "L", "mt_enhancement") == pytest.approx(130 / 150)
+    assert _value(rows, "SN", "R", "mtr") is None
+    assert _value(rows, "CC", "bilateral", "mtr_roimean") == pytest.approx(np.mean(mtr[:6]))
+
+
+def test_fse_lc_slice_profile_thirds():
+    """FSE LC: per slice the 3 brightest LC voxels against that slice's PT median."""
+    nz = 6
+    dseg = np.zeros((4, 3, nz), int)
+    dseg[:, 0, :] = dseg[:, 2, :] = 9  # PT: 8 voxels per slice
+    dseg[:, 1, :] = 5                  # LC_L: 4 voxels per slice
+    nm = np.full((4, 3, nz), 100.0)
+    nm += np.arange(nz) * 10.0         # slice drift: PT = 100, 110, ..., 150
+    for z in range(nz):
+        nm[:3, 1, z] = (100 + 10 * z) * (1 + 0.1 * (z + 1))  # three bright voxels, CR 0.1*(z+1)
+        nm[3, 1, z] = 0.0
+    coverage = {("LC", "L"): 1.0, ("LC", "bilateral"): 1.0}
+    profile = PROFILES["FSE"]
+    rows, _ = quantify(nm, dseg, TABLE, coverage, profile, "median", voxel_volume=1.0)
+    # slices 0..5 run inferior -> superior: caudal = mean(0.1, 0.2), middle = mean(0.3, 0.4),
+    # rostral = mean(0.5, 0.6); the whole-LC value is the mean over slices = 0.35
+    assert _value(rows, "LC_caudal", "L", "cr") == pytest.approx(0.15)
+    assert _value(rows, "LC_middle", "L", "cr") == pytest.approx(0.35)
+    assert _value(rows, "LC_rostral", "L", "cr") == pytest.approx(0.55)
+    assert _value(rows, "LC", "L", "cr") == pytest.approx(0.35)
