@@ -25,6 +25,11 @@ class AcquisitionProfile:
     map_reference: str = "CC"
     min_coverage: float = 0.5  # below this an ROI is not measured (value n/a)
     min_voxels: int = 5
+    # MT pairs: voxels with MTR below this fraction of the reference regions' MTR are fluid,
+    # not tissue, and are left out of every ROI measure (None: no such step)
+    tissue_mtr_fraction: float | None = None
+    # whether the NM image of this type carries NM contrast to report as CR
+    report_cr: bool = True
     description: str = ""
 
 
@@ -49,7 +54,13 @@ PROFILES = {
         name=MTR,
         references={"SN": "CC", "VTA": "CC", "LC": "PT"},
         cr_method={"SN": "threshold", "VTA": "threshold", "LC": "threshold"},
-        description="MT on/off pair; MTR = 100·(off − on)/off and the MT-enhancement on/off.",
+        tissue_mtr_fraction=0.5,
+        # The MT-on image of an MTR/MPM/MTsat protocol is often proton-density weighted:
+        # grey matter is as bright as the nuclei there, and CR on it did not track the truth
+        # on the phantom (SN r -0.59). Its measure is the MTR.
+        report_cr=False,
+        description="MT on/off pair; MTR = 100·(off − on)/off and the MT-enhancement on/off, "
+                    "measured in tissue only (CSF is bright on MT-on too); no CR.",
     ),
 }
 
@@ -86,6 +97,8 @@ def classify(entities: dict, meta: dict) -> tuple[str | None, list[str]]:
         evidence.append(f"SequenceName={name}")
     spin_echo = ("SE" in seq and "GR" not in seq) or re.search(r"tse|fse|turbo.?spin|\bse\b|spin", name)
     gradient = "GR" in seq or re.search(r"fl\d|flash|gre|ffe|spgr|fl3d|fl2d", name)
+    if seq and not spin_echo and not gradient:  # e.g. EP, IR alone: not a sequence we know
+        return None, evidence + ["ScanningSequence is neither SE nor GR"]
     if spin_echo and not gradient:
         if isinstance(etl, (int, float)):
             evidence.append(f"EchoTrainLength={etl}")

@@ -142,7 +142,7 @@ def plan_participant(layout, bids_dir: Path, participant: str, sessions=None,
             meta, meta_err = _read_sidecar(f, bids_dir)
             suffix = ents.get("suffix")
             if meta_err:
-                ignored.append({"path": rel, "reason": meta_err})
+                ignored.append({"path": rel, "reason": meta_err, "warn": True})
                 continue
             if looks_like_nm(ents, meta) and suffix in NM_SUFFIXES:
                 if not _matches(ents, filters.get("nm")):
@@ -153,7 +153,8 @@ def plan_participant(layout, bids_dir: Path, participant: str, sessions=None,
                     acq_type, evidence = forced, evidence + ["acq_type set by --bids-filter-file"]
                 if acq_type is None:
                     ignored.append({"path": rel, "reason": "NM-like image of unknown acquisition type; "
-                                    "name it with --bids-filter-file {\"nm\": {\"acq_type\": \"GREMT\"}}"})
+                                    "tell nmbids what it is with --bids-filter-file "
+                                    "{\"nm\": {\"acq_type\": \"GREMT\"}} (or \"FSE\")", "warn": True})
                     continue
                 # runs of the same acquisition are repeats to realign and average
                 key = tuple(sorted((k, str(v)) for k, v in ents.items()
@@ -205,23 +206,29 @@ def _matches(entities: dict, query: dict | None) -> bool:
 def _pair_and_build(groups: dict, ignored: list) -> list:
     """Turn groups of runs into NMInputs; pair mt-on with its mt-off."""
     inputs, offs = [], {}
+
+    def pair_keys(key):
+        # the same entities but mt-; then without acq- too (MPM: acq-MTw mt-on, acq-PDw mt-off)
+        same_acq = tuple((k, v) for k, v in key if k != "mt")
+        return same_acq, tuple((k, v) for k, v in same_acq if k != "acquisition")
+
     for key, members in groups.items():
-        ents = members[0][1]
-        if ents.get("mt") == "off":
-            pair_key = tuple((k, v) for k, v in key if k not in ("mt", "acquisition"))
-            offs.setdefault(pair_key, []).append(members)
+        if members[0][1].get("mt") == "off":
+            for pk in pair_keys(key):
+                offs.setdefault(pk, []).append(members)
+    taken = set()
     for key, members in groups.items():
         f, ents, rel, acq_type, evidence, meta = members[0]
         if acq_type == MTR:
             if ents.get("mt") == "off":
                 continue  # consumed as a partner below
-            pair_key = tuple((k, v) for k, v in key if k not in ("mt", "acquisition"))
-            partners = offs.get(pair_key)
+            partners = [p for pk in pair_keys(key) for p in offs.get(pk, []) if p[0][0].path not in taken]
             if not partners:
                 ignored.append({"path": rel, "reason": "mt-on image without a matching mt-off: "
-                                "an MT ratio needs both"})
+                                "an MT ratio needs both", "warn": True})
                 continue
             off = partners[0][0][0].path
+            taken.add(off)
             nm = NMInput(rel, [m[0].path for m in members], acq_type, evidence,
                          _prefix(ents), mt_off=off, metadata=meta)
         else:
@@ -229,11 +236,10 @@ def _pair_and_build(groups: dict, ignored: list) -> list:
                          metadata=meta)
         inputs.append(nm)
     # mt-off images that no mt-on claimed
-    claimed = {n.mt_off for n in inputs if n.mt_off}
-    for members_list in offs.values():
-        for members in members_list:
-            if members[0][0].path not in claimed:
-                ignored.append({"path": members[0][2], "reason": "mt-off image without a matching mt-on"})
+    unclaimed = {members[0][0].path: members for ms in offs.values() for members in ms
+                 if members[0][0].path not in taken}
+    for members in unclaimed.values():
+        ignored.append({"path": members[0][2], "reason": "mt-off image without a matching mt-on", "warn": True})
     # two inputs differing only by suffix (acq-NM_T1w, acq-NM_T2starw) must not write the
     # same derivative names: fold the suffix into the acq label of the later one
     seen = set()

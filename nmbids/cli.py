@@ -192,6 +192,8 @@ def _participant(args, run_id: str, command: str) -> int:
     codes = []
     for participant, pl in plans.items():
         LOG.info("sub-%s: %d session(s), %d NM image(s)", participant, len(pl), sum(len(s.nm) for s in pl))
+        for skipped in (i for s in pl for i in s.ignored if i.get("warn")):
+            LOG.warning("sub-%s: %s: skipped: %s", participant, skipped["path"], skipped["reason"])
         try:
             outcome = run_participant(participant, pl, bids_dir=args.bids_dir, output_dir=args.output_dir,
                                       work_dir=args.work_dir, template=template, atlas=atlas,

@@ -391,9 +391,10 @@ def measures_dictionary(ref_stat: str) -> dict:
             "volume_mm3": "number of ROI voxels with I > ref(R) + k*sd(R), times the voxel volume",
             "coverage": "fraction of the template-space ROI inside the NM slab",
             "reference_value": f"ref(R): the {ref_stat} of the reference region intensities",
-            "mtr": "mean of 100 * (off - on) / off over the NM-rich ROI voxels (I_on > ref(R) + k*sd(R))",
-            "mtr_roimean": "mean of 100 * (off - on) / off over all ROI voxels",
-            "mt_enhancement": "mean of on / off over the NM-rich ROI voxels (I_on > ref(R) + k*sd(R))"}},
+            "mtr": "mean of 100 * (off - on) / off over the ROI's tissue voxels (fluid, MTR < half the "
+                   "reference regions' MTR, left out)",
+            "mtr_threshold": "mean of 100 * (off - on) / off over the NM-rich ROI voxels (I_on > ref(R) + k*sd(R))",
+            "mt_enhancement": "mean of on / off over the ROI's tissue voxels"}},
         "value": {"Description": "the value; n/a when it cannot be measured honestly (ROI coverage "
                                  "below 0.5, fewer than 5 voxels, no reference)"},
         "unit": {"Description": "unit of value", "Levels": {"ratio": "unitless", "mm3": "cubic millimetres",

@@ -31,6 +31,7 @@ EXAMPLES = SHARED / "data" / "bids-examples"
     ({"MTState": True}, {"mt": "on"}, MTR),
     # unknown
     ({}, {"acquisition": "mprage"}, None),
+    ({"ScanningSequence": "EP", "SequenceName": "*epfid2d1_64"}, {"acquisition": "NM"}, None),
 ])
 def test_classify_vendor_styles(meta, entities, expected):
     kind, evidence = classify(entities, meta)

@@ -194,6 +194,16 @@ def test_slice_max_cr_axis_and_stat():
     assert np.all(np.isnan(m.slice_max_cr(img, roi, ref, min_voxels=6)))
 
 
+def test_slice_max_cr_skips_the_tips_of_the_roi():
+    img, roi, ref = _slab()
+    roi[1, :, 0] = True  # slice 0 now has 8 ROI voxels (the added ones at 50), the others 4
+    # default fraction 0.5: 4 >= 0.5 * 8, nothing changes
+    np.testing.assert_allclose(m.slice_max_cr(img, roi, ref), [(490 / 3 - 100) / 100, nan, 0.625, nan])
+    # fraction 0.6: slices with 4 < 4.8 voxels are left out
+    np.testing.assert_allclose(m.slice_max_cr(img, roi, ref, min_area_fraction=0.6),
+                               [(490 / 3 - 100) / 100, nan, nan, nan])
+
+
 def test_split_thirds():
     # 6 slices: caudal (1,2) 1.5, middle (3,4) 3.5, rostral (5,6) 5.5
     assert m.split_thirds([1, 2, 3, 4, 5, 6]) == (5.5, 3.5, 1.5)
@@ -229,6 +239,14 @@ SHROUT_FLEISS_TABLE2 = [
     [10, 5, 6, 9],
     [6, 2, 4, 7],
 ]
+
+
+def test_mt_tissue_mask():
+    # ref MTR 40 -> tissue above 20 %: CSF (3), half-CSF (18) out; NM (30), WM (42) in; NaN out
+    mtr_map = np.array([3.0, 18.0, 30.0, 42.0, np.nan])
+    assert m.mt_tissue_mask(mtr_map, 40.0).tolist() == [False, False, True, True, False]
+    assert m.mt_tissue_mask(mtr_map, 40.0, fraction=0.25).tolist() == [False, True, True, True, False]
+    assert not m.mt_tissue_mask(mtr_map, float("nan")).any()
 
 
 def test_icc_shrout_fleiss_table2():

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from nmbids.acquisitions import PROFILES
-from nmbids.quantify import mt_rows, quantify
+from nmbids.quantify import mt_rows, quantify, tissue_only
 
 TABLE = pd.DataFrame({"index": range(1, 10),
                       "roi": ["SN", "SN", "VTA", "VTA", "LC", "LC", "CC", "CC", "PT"],
@@ -45,20 +45,29 @@ def test_quantify_sn_by_hand():
     assert _value(rows, "SN", "R", "coverage") == 0.0
 
 
-def test_mt_rows_use_nm_rich_voxels():
+def test_mt_rows_roi_mean_and_nm_rich_voxels():
     on, dseg, coverage = _scene()
     profile = PROFILES["MTR"]
     _, refs = quantify(on, dseg, TABLE, coverage, profile, "median", voxel_volume=1.0)
     # MT-off: 150 in the nucleus, 200 elsewhere -> MTR 100*(150-130)/150 = 13.33 in the
-    # NM-rich voxels, 100*(200-100)/200 = 50 in the dim ROI voxels and in CC (100 -> 49..51).
+    # five NM-rich voxels, 100*(200-100)/200 = 50 in the three dim ROI voxels.
     off = np.where(on == 130, 150.0, 200.0)
     mtr = 100 * (off - on) / off
     rows = mt_rows(mtr, on / off, on, dseg, TABLE, coverage, profile, refs)
-    assert _value(rows, "SN", "L", "mtr") == pytest.approx(100 * 20 / 150)
-    assert _value(rows, "SN", "L", "mtr_roimean") == pytest.approx((5 * 100 * 20 / 150 + 3 * 50) / 8)
-    assert _value(rows, "SN", "L", "mt_enhancement") == pytest.approx(130 / 150)
+    assert _value(rows, "SN", "L", "mtr") == pytest.approx((5 * 100 * 20 / 150 + 3 * 50) / 8)
+    assert _value(rows, "SN", "L", "mtr_threshold") == pytest.approx(100 * 20 / 150)
+    assert _value(rows, "SN", "L", "mt_enhancement") == pytest.approx((5 * 130 / 150 + 3 * 0.5) / 8)
     assert _value(rows, "SN", "R", "mtr") is None
-    assert _value(rows, "CC", "bilateral", "mtr_roimean") == pytest.approx(np.mean(mtr[:6]))
+    assert _value(rows, "CC", "bilateral", "mtr") == pytest.approx(np.mean(mtr[:6]))
+
+
+def test_tissue_only_drops_fluid_of_mt_pairs():
+    on, dseg, _ = _scene()
+    mtr = np.full(on.shape, 40.0)
+    mtr[-1] = 3.0  # one CSF voxel in the SN search region
+    out = tissue_only(on, mtr, dseg, TABLE, PROFILES["MTR"])
+    assert np.isnan(out[-1]).all() and np.isfinite(out[:-1]).all()
+    assert tissue_only(on, mtr, dseg, TABLE, PROFILES["GREMT"]) is on
 
 
 def test_fse_lc_slice_profile_thirds():

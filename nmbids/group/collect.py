@@ -38,7 +38,7 @@ QC_NUMERIC = ["n_repeats", "motion_mean_mm", "motion_max_mm", "snr", "nm2t1w_sim
 ROI_ORDER = ["SN", "VTA", "LC", "LC_rostral", "LC_middle", "LC_caudal", "CC", "PT"]
 HEMI_ORDER = ["L", "R", "bilateral"]
 MEASURE_ORDER = ["cr", "cr_roimean", "cr_threshold", "cnr", "volume_mm3", "coverage",
-                 "reference_value", "mtr", "mtr_roimean", "mt_enhancement"]
+                 "reference_value", "mtr", "mtr_threshold", "mt_enhancement"]
 ACQ_ORDER = ["GREMT", "FSE", "MTR"]
 NA = "n/a"
 NA_VALUES = ["n/a", "N/A", "NaN", "nan", ""]

@@ -180,9 +180,9 @@ MEASURE_DOC = {
     "volume_mm3": ("volume of the voxels above ref(R) + k sd(R)", "mm3"),
     "coverage": ("fraction of the ROI inside the NM slab", "fraction"),
     "reference_value": ("ref(R), the reference-region intensity", "a.u."),
-    "mtr": ("magnetization transfer ratio 100 (off - on) / off, NM-rich ROI voxels", "percent"),
-    "mtr_roimean": ("magnetization transfer ratio 100 (off - on) / off, whole ROI", "percent"),
-    "mt_enhancement": ("MT enhancement on / off, NM-rich ROI voxels", "ratio"),
+    "mtr": ("magnetization transfer ratio 100 (off - on) / off, ROI tissue mean", "percent"),
+    "mtr_threshold": ("magnetization transfer ratio 100 (off - on) / off, NM-rich ROI voxels", "percent"),
+    "mt_enhancement": ("MT enhancement on / off, ROI tissue mean", "ratio"),
 }
 
 STATS_COLUMNS_DOC = {

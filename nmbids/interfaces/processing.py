@@ -176,7 +176,7 @@ class QuantifyNM(SimpleInterface):
 
         from .. import measures
         from ..acquisitions import PROFILES
-        from ..quantify import mt_rows, qc_snr, quantify, region_masks
+        from ..quantify import mt_rows, qc_snr, quantify, region_masks, tissue_only
         from ..registration import pull_atlas_to_nm, push_nm_to_template
         from ..templates import get_template
 
@@ -203,17 +203,21 @@ class QuantifyNM(SimpleInterface):
 
         image = nm.numpy()
         mtr_arr = None
+        measured = image  # what the ROI measures see
         if isdefined(self.inputs.mt_off):
             off = ants.image_read(self.inputs.mt_off).numpy()
             mtr_arr, enh_arr = measures.mtr(image, off), measures.mt_enhancement(image, off)
+            measured = tissue_only(image, mtr_arr, dseg.numpy().astype(int), table, profile)
         # slices are the third voxel axis of an axial slab; is it ordered inferior→superior?
         direction = np.asarray(nm.direction)[:, 2]
         inferior_first = direction[2] >= 0  # LPS and RAS agree on the z axis
         vox = float(np.prod(nm.spacing))
-        rows, refs = quantify(image, dseg.numpy().astype(int), table, coverage, profile,
+        rows, refs = quantify(measured, dseg.numpy().astype(int), table, coverage, profile,
                               self.inputs.ref_stat, vox, slice_axis=2, inferior_first=inferior_first)
         if mtr_arr is not None:
-            rows += mt_rows(mtr_arr, enh_arr, image, dseg.numpy().astype(int), table, coverage, profile, refs)
+            fluid = np.isnan(measured)
+            rows += mt_rows(np.where(fluid, np.nan, mtr_arr), np.where(fluid, np.nan, enh_arr), measured,
+                            dseg.numpy().astype(int), table, coverage, profile, refs)
 
         ref = refs.get(profile.map_reference, {}).get("value", np.nan)
         cr_native = measures.contrast_ratio(image, ref) if np.isfinite(ref) else np.full(image.shape, np.nan)
