@@ -20,8 +20,8 @@ os.environ.setdefault("NO_ET", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 from . import __version__  # noqa: E402
-from .errors import (EXIT_CANTCREAT, EXIT_DATA, EXIT_FAILURE, EXIT_NO_FILES, EXIT_NO_INPUT, EXIT_OK,  # noqa: E402
-                     EXIT_UNKNOWN_LEVEL, EXIT_USAGE, EXIT_VALIDATION, NmbidsError)
+from .errors import (EXIT_CANTCREAT, EXIT_DATA, EXIT_FAILURE, EXIT_IOERR, EXIT_NO_FILES,  # noqa: E402
+                     EXIT_NO_INPUT, EXIT_OK, EXIT_UNKNOWN_LEVEL, EXIT_USAGE, EXIT_VALIDATION, NmbidsError)
 from .parser import build_parser  # noqa: E402
 
 LOG = logging.getLogger("nmbids")
@@ -41,11 +41,28 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         LOG.error("interrupted")
         return 130
+    except OSError as err:  # e.g. the output disk is full: name the file, no traceback
+        LOG.debug(traceback.format_exc())
+        LOG.error("%s", io_error_line(err))
+        return EXIT_IOERR
     except Exception:  # a bug: one line for the user, the traceback in the log
         LOG.debug(traceback.format_exc())
         LOG.error("nmbids failed unexpectedly: %s (traceback in %s)", sys.exc_info()[1],
                   getattr(LOG, "logfile", "the log"))
         return EXIT_FAILURE
+
+
+def io_error_line(err: OSError, participant: str | None = None) -> str:
+    what = f"{err.filename}: " if err.filename else ""
+    return (f"sub-{participant}: " if participant else "") + \
+        f"{what}I/O error: {err.strerror or err}; no partial file was left in its place"
+
+
+class _LogFile(logging.FileHandler):
+    """A log file that cannot be written (disk full) must not print tracebacks on the console."""
+
+    def handleError(self, record):
+        pass
 
 
 def _setup_logging(output_dir: Path, run_id: str, verbose: int) -> Path:
@@ -60,7 +77,7 @@ def _setup_logging(output_dir: Path, run_id: str, verbose: int) -> Path:
     log_dir = output_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     logfile = log_dir / f"nmbids_{run_id}.log"
-    fh = logging.FileHandler(logfile)
+    fh = _LogFile(logfile)
     fh.setLevel(logging.DEBUG)
     fh.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     LOG.addHandler(fh)
@@ -199,16 +216,24 @@ def _participant(args, run_id: str, command: str) -> int:
             codes.append(outcome.code)
         except Exception as err:
             crash = args.output_dir / f"sub-{participant}" / "log" / run_id / "crash-participant.txt"
-            crash.parent.mkdir(parents=True, exist_ok=True)
-            crash.write_text(traceback.format_exc())
-            LOG.error("sub-%s: failed: %s (see %s)", participant, err, crash)
-            codes.append(EXIT_FAILURE)
+            try:
+                crash.parent.mkdir(parents=True, exist_ok=True)
+                crash.write_text(traceback.format_exc())
+            except OSError:  # the output disk may be what failed
+                crash = getattr(LOG, "logfile", "the log")
+                LOG.debug(traceback.format_exc())
+            if isinstance(err, OSError):
+                LOG.error("%s (see %s)", io_error_line(err, participant), crash)
+                codes.append(EXIT_IOERR)
+            else:
+                LOG.error("sub-%s: failed: %s (see %s)", participant, err, crash)
+                codes.append(EXIT_FAILURE)
         if args.stop_on_first_crash and codes[-1] != EXIT_OK:
             break
     done = sum(c == EXIT_OK for c in codes)
     print(f"nmbids: {done} of {len(plans)} participant(s) processed without error; outputs in {args.output_dir}",
           file=sys.stderr)
-    for code in (EXIT_FAILURE, EXIT_DATA, EXIT_NO_INPUT):
+    for code in (EXIT_IOERR, EXIT_FAILURE, EXIT_DATA, EXIT_NO_INPUT):
         if code in codes:
             return code
     return EXIT_OK
