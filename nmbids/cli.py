@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     from .reports.figures import _configure_matplotlib
 
     _configure_matplotlib()
+    _setup_console(args.verbose)  # errors before the log file exists (bad paths) look the same
     try:
         return run(args, argv if argv is not None else sys.argv[1:])
     except NmbidsError as err:
@@ -65,8 +66,8 @@ class _LogFile(logging.FileHandler):
         pass
 
 
-def _setup_logging(output_dir: Path, run_id: str, verbose: int) -> Path:
-    """Console: one-line messages (warnings and above, info with -v). File: everything."""
+def _setup_console(verbose: int) -> None:
+    """Console: one-line messages (warnings and above, info with -v)."""
     LOG.setLevel(logging.DEBUG)
     LOG.handlers.clear()
     LOG.propagate = False
@@ -74,6 +75,10 @@ def _setup_logging(output_dir: Path, run_id: str, verbose: int) -> Path:
     console.setLevel(logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG)
     console.setFormatter(logging.Formatter("nmbids %(levelname)s: %(message)s"))
     LOG.addHandler(console)
+
+
+def _setup_logging(output_dir: Path, run_id: str) -> Path:
+    """The log file: everything, tracebacks included."""
     log_dir = output_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     logfile = log_dir / f"nmbids_{run_id}.log"
@@ -122,7 +127,7 @@ def run(args, argv) -> int:
     from .participant import new_run_id
 
     run_id = new_run_id()
-    logfile = _setup_logging(args.output_dir, run_id, args.verbose)
+    logfile = _setup_logging(args.output_dir, run_id)
     command = "nmbids " + " ".join(shlex.quote(str(a)) for a in argv)
     LOG.info("nmbids %s, run %s; log: %s", __version__, run_id, logfile)
     LOG.debug("command: %s", command)
