@@ -37,6 +37,9 @@ class NMInput:
 
 @dataclass
 class SessionPlan:
+    """One session's inputs. ``ignored`` lists the files left out, each with a ``reason``; a
+    ``problem`` key ("error": bad data, "warning") marks the ones the user must be told about."""
+
     participant: str  # label without "sub-"
     session: str | None  # label without "ses-", None when the dataset has no sessions
     t1w: str | None
@@ -61,6 +64,10 @@ def strip_prefix(label: str, prefix: str) -> str:
 
 
 _SAFE_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+# what an anat file of participant P may be called: pybids parses laxer names (sub-01;x,
+# acq-NM$(x)) into the labels they start with, which would merge them into real acquisitions
+_BIDS_ANAT = r"sub-{p}/(ses-(?P<ses>[A-Za-z0-9]+)/)?anat/sub-{p}(_ses-(?P=ses))?(_[A-Za-z]+-[A-Za-z0-9]+)*" \
+             r"_[A-Za-z0-9]+\.nii(\.gz)?"
 
 
 def check_label(label: str, what: str) -> str:
@@ -136,13 +143,22 @@ def plan_participant(layout, bids_dir: Path, participant: str, sessions=None,
         files = layout.get(**query)
         t1w_cands, nm_groups, ignored = [], {}, []
         forced = filters.get("nm", {}).get("acq_type")
+        valid_name = re.compile(_BIDS_ANAT.format(p=re.escape(participant)))
+        names = {Path(f.path).name for f in files}
         for f in sorted(files, key=lambda f: f.path):
             ents = dict(f.get_entities())
-            rel = str(Path(f.path).relative_to(bids_dir))
+            rel = Path(f.path).relative_to(bids_dir).as_posix()
+            if not valid_name.fullmatch(rel):
+                ignored.append({"path": rel, "reason": "not a valid BIDS file name (labels are letters "
+                                "and digits only)", "problem": "warning"})
+                continue
+            if rel.endswith(".nii") and Path(f.path).name + ".gz" in names:
+                ignored.append({"path": rel, "reason": f"duplicate of {Path(f.path).name}.gz, which is used"})
+                continue
             meta, meta_err = _read_sidecar(f, bids_dir)
             suffix = ents.get("suffix")
             if meta_err:
-                ignored.append({"path": rel, "reason": meta_err, "warn": True})
+                ignored.append({"path": rel, "reason": meta_err, "problem": "error"})
                 continue
             if looks_like_nm(ents, meta) and suffix in NM_SUFFIXES:
                 if not _matches(ents, filters.get("nm")):
@@ -154,7 +170,7 @@ def plan_participant(layout, bids_dir: Path, participant: str, sessions=None,
                 if acq_type is None:
                     ignored.append({"path": rel, "reason": "NM-like image of unknown acquisition type; "
                                     "tell nmbids what it is with --bids-filter-file "
-                                    "{\"nm\": {\"acq_type\": \"GREMT\"}} (or \"FSE\")", "warn": True})
+                                    "{\"nm\": {\"acq_type\": \"GREMT\"}} (or \"FSE\")", "problem": "warning"})
                     continue
                 # runs of the same acquisition are repeats to realign and average
                 key = tuple(sorted((k, str(v)) for k, v in ents.items()
@@ -225,7 +241,7 @@ def _pair_and_build(groups: dict, ignored: list) -> list:
             partners = [p for pk in pair_keys(key) for p in offs.get(pk, []) if p[0][0].path not in taken]
             if not partners:
                 ignored.append({"path": rel, "reason": "mt-on image without a matching mt-off: "
-                                "an MT ratio needs both", "warn": True})
+                                "an MT ratio needs both", "problem": "warning"})
                 continue
             off = partners[0][0][0].path
             taken.add(off)
@@ -239,7 +255,8 @@ def _pair_and_build(groups: dict, ignored: list) -> list:
     unclaimed = {members[0][0].path: members for ms in offs.values() for members in ms
                  if members[0][0].path not in taken}
     for members in unclaimed.values():
-        ignored.append({"path": members[0][2], "reason": "mt-off image without a matching mt-on", "warn": True})
+        ignored.append({"path": members[0][2], "reason": "mt-off image without a matching mt-on",
+                        "problem": "warning"})
     # two inputs differing only by suffix (acq-NM_T1w, acq-NM_T2starw) must not write the
     # same derivative names: fold the suffix into the acq label of the later one
     seen = set()

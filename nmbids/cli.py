@@ -20,8 +20,8 @@ os.environ.setdefault("NO_ET", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 from . import __version__  # noqa: E402
-from .errors import (EXIT_CANTCREAT, EXIT_DATA, EXIT_FAILURE, EXIT_NO_FILES, EXIT_NO_INPUT, EXIT_OK,  # noqa: E402
-                     EXIT_UNKNOWN_LEVEL, EXIT_USAGE, EXIT_VALIDATION, NmbidsError)
+from .errors import (EXIT_CANTCREAT, EXIT_DATA, EXIT_FAILURE, EXIT_IOERR, EXIT_NO_FILES,  # noqa: E402
+                     EXIT_NO_INPUT, EXIT_OK, EXIT_UNKNOWN_LEVEL, EXIT_USAGE, EXIT_VALIDATION, NmbidsError)
 from .parser import build_parser  # noqa: E402
 
 LOG = logging.getLogger("nmbids")
@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     from .reports.figures import _configure_matplotlib
 
     _configure_matplotlib()
+    _setup_console(args.verbose)  # errors before the log file exists (bad paths) look the same
     try:
         return run(args, argv if argv is not None else sys.argv[1:])
     except NmbidsError as err:
@@ -41,6 +42,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         LOG.error("interrupted")
         return 130
+    except OSError as err:  # e.g. the output disk is full: name the file, no traceback
+        LOG.debug(traceback.format_exc())
+        LOG.error("%s", io_error_line(err))
+        return EXIT_IOERR
     except Exception:  # a bug: one line for the user, the traceback in the log
         LOG.debug(traceback.format_exc())
         LOG.error("nmbids failed unexpectedly: %s (traceback in %s)", sys.exc_info()[1],
@@ -48,8 +53,21 @@ def main(argv=None) -> int:
         return EXIT_FAILURE
 
 
-def _setup_logging(output_dir: Path, run_id: str, verbose: int) -> Path:
-    """Console: one-line messages (warnings and above, info with -v). File: everything."""
+def io_error_line(err: OSError, participant: str | None = None) -> str:
+    what = f"{err.filename}: " if err.filename else ""
+    return (f"sub-{participant}: " if participant else "") + \
+        f"{what}I/O error: {err.strerror or err}; no partial file was left in its place"
+
+
+class _LogFile(logging.FileHandler):
+    """A log file that cannot be written (disk full) must not print tracebacks on the console."""
+
+    def handleError(self, record):
+        pass
+
+
+def _setup_console(verbose: int) -> None:
+    """Console: one-line messages (warnings and above, info with -v)."""
     LOG.setLevel(logging.DEBUG)
     LOG.handlers.clear()
     LOG.propagate = False
@@ -57,10 +75,14 @@ def _setup_logging(output_dir: Path, run_id: str, verbose: int) -> Path:
     console.setLevel(logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG)
     console.setFormatter(logging.Formatter("nmbids %(levelname)s: %(message)s"))
     LOG.addHandler(console)
+
+
+def _setup_logging(output_dir: Path, run_id: str) -> Path:
+    """The log file: everything, tracebacks included."""
     log_dir = output_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     logfile = log_dir / f"nmbids_{run_id}.log"
-    fh = logging.FileHandler(logfile)
+    fh = _LogFile(logfile)
     fh.setLevel(logging.DEBUG)
     fh.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     LOG.addHandler(fh)
@@ -105,7 +127,7 @@ def run(args, argv) -> int:
     from .participant import new_run_id
 
     run_id = new_run_id()
-    logfile = _setup_logging(args.output_dir, run_id, args.verbose)
+    logfile = _setup_logging(args.output_dir, run_id)
     command = "nmbids " + " ".join(shlex.quote(str(a)) for a in argv)
     LOG.info("nmbids %s, run %s; log: %s", __version__, run_id, logfile)
     LOG.debug("command: %s", command)
@@ -192,8 +214,6 @@ def _participant(args, run_id: str, command: str) -> int:
     codes = []
     for participant, pl in plans.items():
         LOG.info("sub-%s: %d session(s), %d NM image(s)", participant, len(pl), sum(len(s.nm) for s in pl))
-        for skipped in (i for s in pl for i in s.ignored if i.get("warn")):
-            LOG.warning("sub-%s: %s: skipped: %s", participant, skipped["path"], skipped["reason"])
         try:
             outcome = run_participant(participant, pl, bids_dir=args.bids_dir, output_dir=args.output_dir,
                                       work_dir=args.work_dir, template=template, atlas=atlas,
@@ -201,16 +221,24 @@ def _participant(args, run_id: str, command: str) -> int:
             codes.append(outcome.code)
         except Exception as err:
             crash = args.output_dir / f"sub-{participant}" / "log" / run_id / "crash-participant.txt"
-            crash.parent.mkdir(parents=True, exist_ok=True)
-            crash.write_text(traceback.format_exc())
-            LOG.error("sub-%s: failed: %s (see %s)", participant, err, crash)
-            codes.append(EXIT_FAILURE)
+            try:
+                crash.parent.mkdir(parents=True, exist_ok=True)
+                crash.write_text(traceback.format_exc())
+            except OSError:  # the output disk may be what failed
+                crash = getattr(LOG, "logfile", "the log")
+                LOG.debug(traceback.format_exc())
+            if isinstance(err, OSError):
+                LOG.error("%s (see %s)", io_error_line(err, participant), crash)
+                codes.append(EXIT_IOERR)
+            else:
+                LOG.error("sub-%s: failed: %s (see %s)", participant, err, crash)
+                codes.append(EXIT_FAILURE)
         if args.stop_on_first_crash and codes[-1] != EXIT_OK:
             break
     done = sum(c == EXIT_OK for c in codes)
     print(f"nmbids: {done} of {len(plans)} participant(s) processed without error; outputs in {args.output_dir}",
           file=sys.stderr)
-    for code in (EXIT_FAILURE, EXIT_DATA, EXIT_NO_INPUT):
+    for code in (EXIT_IOERR, EXIT_FAILURE, EXIT_DATA, EXIT_NO_INPUT):
         if code in codes:
             return code
     return EXIT_OK

@@ -15,6 +15,7 @@ from . import __version__
 
 BIDSIGNORE = ["atlas/", "logs/", "group/", "*.html", "*/figures/", "*/log/", "*_measures.*",
               "*_qc.*", "*_crmap.*", "*_NM.*", "*_NM.json", "*_timeseries.*", "*_MTRmap.*"]
+TMP_PREFIX = ".tmp-"  # temporary files of atomic writes: hidden, never a final name
 
 
 def _umask_mode() -> int:
@@ -30,21 +31,43 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
     The temporary name ends with the destination's name, so that writers that look at
     the extension (nibabel's ``.nii.gz``, matplotlib's ``.svg``) behave. On failure the
-    temporary file is removed and ``path`` is untouched.
+    temporary file is removed and ``path`` is untouched. An ``OSError`` about the file being
+    written (disk full, read-only file system, no permission) names ``path``, never the
+    temporary file, so that the user reads which output could not be written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix="-" + path.name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix="-" + path.name)
+    except OSError as err:
+        raise _naming(err, path) from err
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(err, OSError) and (err.filename is None or str(tmp) in (err.filename, err.filename2)):
+            raise _naming(err, path) from err
         raise
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """The same error (same errno, so the same OSError subclass), about ``path``."""
+    return OSError(err.errno, err.strerror, str(path)) if err.errno else err
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Remove temporary files a killed job left behind (``kill -9`` skips every cleanup).
+
+    Only for a folder no other job writes into at the same time (one participant's).
+    """
+    for tmp in Path(folder).rglob(TMP_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:

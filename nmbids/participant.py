@@ -24,7 +24,8 @@ from .acquisitions import PROFILES
 from .bids import SessionPlan
 from .errors import EXIT_DATA, EXIT_FAILURE, EXIT_NO_INPUT, EXIT_OK, NmbidsError
 from .images import check_image
-from .outputs import (anat_dir, atomic_copy, atomic_write_json, atomic_write_tsv, bids_uri)
+from .outputs import (anat_dir, atomic_copy, atomic_write_json, atomic_write_tsv, bids_uri,
+                      remove_stale_temporaries)
 from .quantify import MEASURE_COLUMNS
 from .reports.warnings import COVERAGE_MIN, MOTION_MAX_MM, NM2T1W_SIMILARITY_MIN, SNR_MIN
 from .workflows.participant import init_participant_wf, node_dir, node_names
@@ -114,9 +115,17 @@ def run_participant(participant: str, plans: list[SessionPlan], *, bids_dir: Pat
     """Process one participant end to end and write its derivatives and report."""
     outcome = Outcome(participant)
     sub = f"sub-{participant}"
+    remove_stale_temporaries(Path(output_dir) / sub)  # left by a job killed while writing
     log_dir = Path(output_dir) / sub / "log" / run_id
     log_dir.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    for plan in plans:  # files left out because of a problem the user must hear about
+        for item in plan.ignored:
+            line = f"{sub}: {item['path']}: {item['reason']}; the file is skipped"
+            if item.get("problem") == "error":
+                outcome.fail(EXIT_DATA, line)
+            elif item.get("problem") == "warning":
+                LOG.warning(line)
     plans = [preflight(p, bids_dir, outcome) for p in plans]
     if not any(p.nm for p in plans) and not outcome.messages:
         outcome.fail(EXIT_NO_INPUT, f"{sub}: no NM images found (looked for acq-NM/neuromelanin/FSE/... "
