@@ -205,7 +205,8 @@ def write_session(plan: SessionPlan, *, bids_dir, output_dir, work_dir, template
     anat = _load_result(work_dir, plan.participant, node_names(plan.session)["anat"])
     t1_rel = _rel(plan.t1w, bids_dir)
     if anat is None:
-        crash = _crash_for(log_dir, node_names(plan.session)["anat"])
+        names = node_names(plan.session)
+        crash = _crash_for(log_dir, names["t1w"]) or _crash_for(log_dir, names["anat"])
         line = f"{sub}: {t1_rel}: T1w to template registration failed (see {crash or log_dir})"
         outcome.fail(EXIT_FAILURE, line)
         for nm in plan.nm:

@@ -20,14 +20,39 @@ def _ants():
     return ants
 
 
-class _AnatInputSpec(BaseInterfaceInputSpec):
+class _N4InputSpec(BaseInterfaceInputSpec):
     t1w = File(exists=True, mandatory=True)
+
+
+class _N4OutputSpec(TraitedSpec):
+    t1w_preproc = File(exists=True)
+
+
+class BiasCorrectT1w(SimpleInterface):
+    """N4 bias-field correction of the T1w (its own node, so that the NM → T1w registration
+    need not wait for the T1w → template registration)."""
+
+    input_spec = _N4InputSpec
+    output_spec = _N4OutputSpec
+
+    def _run_interface(self, runtime):
+        ants = _ants()
+        from ..registration import n4
+
+        out = os.path.join(runtime.cwd, "t1w_preproc.nii.gz")
+        n4(ants.image_read(self.inputs.t1w, dimension=3)).to_file(out)
+        self._results["t1w_preproc"] = out
+        return runtime
+
+
+class _AnatInputSpec(BaseInterfaceInputSpec):
+    t1w = File(exists=True, mandatory=True, desc="the bias-corrected T1w")
     template = traits.Str(mandatory=True, desc="space label of the template")
     quality = traits.Enum("default", "fast", usedefault=True)
 
 
 class _AnatOutputSpec(TraitedSpec):
-    t1w_preproc = File(exists=True)
+    t1w_preproc = File(exists=True, desc="the input T1w, passed through for the orchestrator")
     t1w_template = File(exists=True)
     affine = File(exists=True)
     warp = File(exists=True)
@@ -36,29 +61,27 @@ class _AnatOutputSpec(TraitedSpec):
 
 
 class AnatToTemplate(SimpleInterface):
-    """N4-correct the T1w and register it to the template (brainstem-focused SyN)."""
+    """Register the bias-corrected T1w to the template (brainstem-focused SyN)."""
 
     input_spec = _AnatInputSpec
     output_spec = _AnatOutputSpec
 
     def _run_interface(self, runtime):
         ants = _ants()
-        from ..registration import n4, t1w_to_template
+        from ..registration import t1w_to_template
         from ..templates import get_template
 
         tpl = get_template(self.inputs.template)
-        t1 = n4(ants.image_read(self.inputs.t1w, dimension=3))
+        t1 = ants.image_read(self.inputs.t1w, dimension=3)
         template = ants.image_read(str(tpl.t1w))
         mask = ants.image_read(str(tpl.brain_mask))
         mask = ants.threshold_image(mask, 0.5 if mask.max() <= 1 else 1, float(mask.max()) + 1)
         res = t1w_to_template(t1, template, mask, os.path.join(runtime.cwd, "t1w2tpl_"),
                               quality=self.inputs.quality)
-        out = {k: os.path.join(runtime.cwd, f) for k, f in
-               (("t1w_preproc", "t1w_preproc.nii.gz"), ("t1w_template", "t1w_template.nii.gz"))}
-        t1.to_file(out["t1w_preproc"])
-        res["warped"].to_file(out["t1w_template"])
-        self._results.update(out, affine=res["affine"], warp=res["warp"], invwarp=res["invwarp"],
-                             similarity=res["similarity"])
+        out = os.path.join(runtime.cwd, "t1w_template.nii.gz")
+        res["warped"].to_file(out)
+        self._results.update(t1w_preproc=self.inputs.t1w, t1w_template=out, affine=res["affine"],
+                             warp=res["warp"], invwarp=res["invwarp"], similarity=res["similarity"])
         return runtime
 
 
@@ -81,7 +104,7 @@ class PrepareNM(SimpleInterface):
 
     def _run_interface(self, runtime):
         ants = _ants()
-        from ..registration import n4_field, realign_repeats
+        from ..registration import n4_field, realign_repeats, rigid
 
         repeats = []
         for f in self.inputs.in_files:
@@ -100,9 +123,7 @@ class PrepareNM(SimpleInterface):
             off = ants.image_read(self.inputs.mt_off)
             if off.dimension == 4:
                 off = ants.ndimage_to_list(off)[0]
-            reg = ants.registration(fixed=mean, moving=off, type_of_transform="Rigid",
-                                    initial_transform="Identity", aff_random_sampling_rate=1.0,
-                                    outprefix=os.path.join(runtime.cwd, "off_"))
+            reg = rigid(mean, off, os.path.join(runtime.cwd, "off_"))
             off_c = reg["warpedmovout"].new_image_like((reg["warpedmovout"].numpy() / field).astype(np.float32))
             off_path = os.path.join(runtime.cwd, "mt_off_preproc.nii.gz")
             off_c.to_file(off_path)
@@ -198,8 +219,9 @@ class QuantifyNM(SimpleInterface):
         slab_tpl = push_nm_to_template(ones, template, xfm, self.inputs.rigid).numpy()
         slab_tpl = np.nan_to_num(slab_tpl) > 0.5
         atlas_arr = atlas.numpy().astype(int)
-        tpl_masks = region_masks(atlas_arr, table)
-        coverage = {k: measures.coverage(v, slab_tpl) for k, v in tpl_masks.items()}
+        box = tuple(slice(i.min(), i.max() + 1) for i in np.nonzero(atlas_arr))  # the ROIs' bounding box
+        tpl_masks = region_masks(atlas_arr[box], table)
+        coverage = {k: measures.coverage(v, slab_tpl[box]) for k, v in tpl_masks.items()}
 
         image = nm.numpy()
         mtr_arr = None

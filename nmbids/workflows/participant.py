@@ -1,7 +1,9 @@
 """``init_participant_wf``: the nipype graph of one participant.
 
-One flat workflow per participant: per session, one T1w → template node shared by every NM
-acquisition of the session; per NM acquisition, prepare → coregister → quantify. Nodes are
+One flat workflow per participant: per session, a T1w bias-correction node and one T1w →
+template node shared by every NM acquisition of the session; per NM acquisition, prepare →
+coregister → quantify. Coregistration needs only the bias-corrected T1w, so it runs while
+the template registration is still going. Nodes are
 named so that their folders in the work directory are predictable (``node_dir``): the
 orchestrator reads results from there, whether or not other nodes failed.
 """
@@ -11,7 +13,7 @@ from pathlib import Path
 
 from nipype.pipeline import engine as pe
 
-from ..interfaces.processing import AnatToTemplate, CoregNM, PrepareNM, QuantifyNM
+from ..interfaces.processing import AnatToTemplate, BiasCorrectT1w, CoregNM, PrepareNM, QuantifyNM
 
 
 def _tag(session: str | None) -> str:
@@ -21,7 +23,7 @@ def _tag(session: str | None) -> str:
 def node_names(session: str | None, index: int | None = None) -> dict:
     tag = _tag(session)
     if index is None:
-        return {"anat": f"anat_{tag}"}
+        return {"anat": f"anat_{tag}", "t1w": f"t1w_{tag}"}
     return {step: f"{step}_{tag}_{index}" for step in ("prepare", "coreg", "quantify")}
 
 
@@ -40,9 +42,9 @@ def init_participant_wf(participant: str, plans, *, work_dir: Path, template: st
     for plan in plans:
         if not plan.t1w or not plan.nm:
             continue
-        anat = pe.Node(AnatToTemplate(t1w=plan.t1w, template=template, quality=quality),
-                       name=node_names(plan.session)["anat"])
-        wf.add_nodes([anat])
+        t1w = pe.Node(BiasCorrectT1w(t1w=plan.t1w), name=node_names(plan.session)["t1w"])
+        anat = pe.Node(AnatToTemplate(template=template, quality=quality), name=node_names(plan.session)["anat"])
+        wf.connect(t1w, "t1w_preproc", anat, "t1w")
         for index, nm in enumerate(plan.nm):
             names = node_names(plan.session, index)
             prep = pe.Node(PrepareNM(in_files=nm.files), name=names["prepare"])
@@ -53,7 +55,7 @@ def init_participant_wf(participant: str, plans, *, work_dir: Path, template: st
                                        acq_type=nm.acq_type, ref_stat=ref_stat), name=names["quantify"])
             wf.connect([
                 (prep, coreg, [("nm_preproc", "nm")]),
-                (anat, coreg, [("t1w_preproc", "t1w")]),
+                (t1w, coreg, [("t1w_preproc", "t1w")]),
                 (prep, quant, [("nm_preproc", "nm")]),
                 (coreg, quant, [("rigid", "rigid")]),
                 (anat, quant, [("affine", "affine"), ("warp", "warp"), ("invwarp", "invwarp")]),
