@@ -162,6 +162,9 @@ def _participant(args, run_id: str, command: str) -> int:
     if args.reports_only:
         return _reports_only(args)
     filters = _load_filters(args.bids_filter_file)
+    if args.use_plugin:  # a broken plugin file is a usage error before any work, not a crash later
+        from .participant import read_plugin_file
+        read_plugin_file(args.use_plugin)
     if not args.skip_bids_validation:
         _validate(args.bids_dir)
     nprocs = args.nprocs or os.cpu_count() or 1
