@@ -91,6 +91,9 @@ def _check_paths(args) -> None:
         raise NmbidsError(f"cannot write to {err.filename or output_dir}: {err.strerror}",
                           code=EXIT_CANTCREAT) from None
     args.bids_dir, args.output_dir, args.work_dir = bids_dir, output_dir, work
+    for name in ("use_plugin", "bids_filter_file", "atlas", "bids_database_dir"):  # relative to the
+        if getattr(args, name, None):                                              # caller's folder
+            setattr(args, name, getattr(args, name).absolute())
     # Nipype returns to the starting folder after every node: start from one that is sure to
     # exist and stay (a container's working dir may be missing or vanish under a tmpfs).
     os.chdir(work)

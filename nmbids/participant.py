@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -130,7 +131,9 @@ def run_participant(participant: str, plans: list[SessionPlan], *, bids_dir: Pat
         try:
             wf.run(**_plugin(options))
         except Exception as err:  # node failures are read from the work dir below
-            LOG.debug("workflow for %s ended with %s", sub, err)
+            LOG.debug("workflow for %s ended with %s", sub, traceback.format_exc())
+            if "did not execute cleanly" not in str(err):  # not a node failure: the scheduler, a plugin
+                LOG.error("%s: the nipype workflow stopped: %s: %s", sub, type(err).__name__, err)
     for plan in plans:
         errors += write_session(plan, bids_dir=bids_dir, output_dir=output_dir, work_dir=work_dir,
                                 template=template, options=options, outcome=outcome, log_dir=log_dir)
@@ -388,10 +391,22 @@ def read_plugin_file(path: Path) -> dict:
     return {"plugin": name, "plugin_args": args}
 
 
+def _user_name() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a uid without a passwd entry (containers run with -u)
+        return "nmbids"
+
+
 def _plugin(options) -> dict:
     nprocs = options.nprocs or 1
     if options.use_plugin:
         spec = read_plugin_file(options.use_plugin)
+        # nipype's batch plugins (SLURM, SGE, PBS, ...) name jobs after $LOGNAME, which containers
+        # and batch jobs often lack
+        os.environ.setdefault("LOGNAME", _user_name())
         if spec["plugin"] in ("MultiProc", "LegacyMultiProc"):  # --nprocs/--mem unless the file says
             spec["plugin_args"].setdefault("n_procs", nprocs)
             spec["plugin_args"].setdefault("raise_insufficient", False)

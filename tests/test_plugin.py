@@ -66,12 +66,13 @@ def test_cli_exits_64_with_one_line(tmp_path, text):
     (bids / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.9.0"}')
     f = tmp_path / "plugin.yml"
     f.write_text(text)
-    proc = subprocess.run([sys.executable, "-m", "nmbids.cli", str(bids), str(tmp_path / "out"), "participant",
-                           "-w", str(tmp_path / "work"), "--use-plugin", str(f)],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "nmbids.cli", "bids", "out", "participant",
+                           "-w", "work", "--use-plugin", "plugin.yml"],  # relative to the caller
+                          capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 64, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--use-plugin" in lines[0] and "plugin.yml" in lines[0], proc.stderr
+    assert len(lines) == 1 and "--use-plugin" in lines[0] and str(f) in lines[0], proc.stderr
+    assert "cannot read" not in lines[0]
 
 
 @pytest.mark.slow
