@@ -157,7 +157,7 @@ def _load_filters(path: Path | None) -> dict:
 
 def _participant(args, run_id: str, command: str) -> int:
     from .atlas import prepare_atlas
-    from .bids import check_label, load_layout, plan_participant, select_participants, strip_prefix
+    from .bids import check_label, discover, strip_prefix
     from .outputs import write_dataset_description
     from .participant import run_participant
     from .templates import get_template
@@ -178,8 +178,7 @@ def _participant(args, run_id: str, command: str) -> int:
 
     labels = [strip_prefix(lbl, "sub-") for lbl in args.participant_label or []]
     sessions = [check_label(strip_prefix(s, "ses-"), "session") for s in args.session_label or []]
-    layout = load_layout(args.bids_dir, labels or None, args.bids_database_dir)
-    participants = select_participants(layout, labels)
+    plans = discover(args.bids_dir, labels or None, sessions or None, filters, args.bids_database_dir)
     try:
         template = get_template(args.template)
     except LookupError as err:
@@ -189,7 +188,6 @@ def _participant(args, run_id: str, command: str) -> int:
     from .reports.participant import write_citation
     write_citation(args.output_dir, template.name, __version__)
 
-    plans = {p: plan_participant(layout, args.bids_dir, p, sessions or None, filters) for p in participants}
     if not any(nm for pl in plans.values() for s in pl for nm in s.nm):
         found = sum(len(s.ignored) for pl in plans.values() for s in pl)
         raise NmbidsError(f"no NM images found for the selected participants ({found} other anat files seen); "
