@@ -21,7 +21,8 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-# Debian packages the tests use: headless Chromium renders the HTML reports.
+# Debian packages the tests use: headless Chromium renders the HTML reports; slurm-wlm and munge
+# run a one-node SLURM cluster for tests/test_slurm.py (started and stopped by the test itself).
 system-deps:
 	@if ! command -v chromium >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -29,6 +30,13 @@ system-deps:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	      || echo "warning: chromium could not be installed; the browser test will be skipped"; \
 	  else echo "warning: chromium missing and not root: the browser test will be skipped"; fi; \
+	fi
+	@if [ ! -x /usr/sbin/slurmctld ] || [ ! -x /usr/sbin/munged ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing slurm-wlm and munge (Debian) for the SLURM tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null) \
+	      || echo "warning: slurm-wlm/munge could not be installed; the SLURM tests will be skipped"; \
+	  else echo "warning: slurm-wlm/munge missing and not root: the SLURM tests will be skipped"; fi; \
 	fi
 
 demo: venv

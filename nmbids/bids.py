@@ -1,13 +1,16 @@
 """Discovery: from a BIDS dataset to a plain, printable plan of what to process.
 
-pybids indexes with validation off (it silently drops files with invented suffixes, and
-NM images have no BIDS suffix of their own), and only the ``anat`` folders of the selected
-subjects are indexed (indexing whole datasets is slow and its database must never be shared
-between cluster jobs, so it lives in memory unless ``--bids-database-dir`` is given).
+nmbids reads only what it needs: the ``sub-*/[ses-*/]anat`` folders of the selected subjects,
+walked directly (``AnatLayout``), with entities parsed by pybids' own BIDS path patterns and
+without validation (it would silently drop files with invented suffixes, and NM images have no
+BIDS suffix of their own). Sidecars are read per image, with inheritance. There is no index
+database, so cluster jobs share nothing; a 2,000-subject dataset is planned in about a second
+(``benchmarks/bench_discovery.py``), where a default ``pybids.BIDSLayout`` takes minutes.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -78,24 +81,116 @@ def check_label(label: str, what: str) -> str:
     return label
 
 
-def load_layout(bids_dir: Path, participants=None, database_dir: Path | None = None):
-    """A pybids layout of the ``anat`` folders only, with validation off."""
-    from bids import BIDSLayout, BIDSLayoutIndexer
-
-    ignore = [re.compile(r"^/(code|derivatives|sourcedata|stimuli|models)/"),
-              re.compile(r"/(func|dwi|fmap|perf|beh|eeg|meg|ieeg|pet|micr|nirs|motion)/"),
-              re.compile(r"(^|/)\.")]
-    if participants:
-        keep = "|".join(re.escape(p) for p in participants)
-        ignore.append(re.compile(rf"^/sub-(?!({keep})(/|$))[^/]+"))
-    indexer = BIDSLayoutIndexer(validate=False, ignore=ignore, index_metadata=False)
-    kwargs = {"database_path": str(database_dir)} if database_dir else {}
-    return BIDSLayout(str(bids_dir), validate=False, indexer=indexer, **kwargs)
+# folders pybids' indexer was told to skip (other modalities, hidden folders)
+_SKIP_DIRS = re.compile(r"^(func|dwi|fmap|perf|beh|eeg|meg|ieeg|pet|micr|nirs|motion|\..*)$")
+_NIFTI = (".nii", ".nii.gz")
 
 
-def _read_sidecar(bids_file, bids_dir: Path) -> tuple[dict, str | None]:
+class AnatFile:
+    """An anat image: its absolute path and its entities (as pybids would parse them)."""
+
+    __slots__ = ("path", "entities")
+
+    def __init__(self, path: str, entities: dict):
+        self.path, self.entities = path, entities
+
+    def get_entities(self) -> dict:
+        return dict(self.entities)
+
+
+def _entity_parsers() -> dict:
+    """pybids' BIDS entity patterns and types: names parse exactly as pybids parses them."""
+    from bids.layout.models import Config
+
+    return {e.name: (e.regex, e._astype) for e in Config.load("bids").entities.values()}
+
+
+_SUBJECT_DIR = re.compile(r"sub-[A-Za-z0-9]+")
+
+
+class AnatLayout:
+    """The anat images of the selected subjects, found by walking their folders.
+
+    Offers the queries discovery needs (``get_subjects``, ``get_sessions``, ``get``) and the
+    folder listings that sidecar inheritance needs, each folder listed once. A subject counts
+    when its folder holds any file outside the skipped folders (as it did for pybids).
+    """
+
+    def __init__(self, root: Path, participants=None):
+        from bids.utils import natural_sort
+
+        self.root = Path(root)
+        self._sort = natural_sort
+        self._parsers = _entity_parsers()
+        self._listings: dict[str, list[str]] = {}
+        self._files: dict[str, list[AnatFile]] = {}  # subject -> its anat NIfTI images
+        self._sessions: dict[str, set] = {}  # subject -> its session labels
+        wanted = set(participants) if participants else None
+        for name in os.listdir(self.root):
+            # a BIDS label is letters and digits: "sub-..", "sub-a b", "sub-01;x" are not subjects
+            if (_SUBJECT_DIR.fullmatch(name) and (wanted is None or name[4:] in wanted)
+                    and (self.root / name).is_dir()):
+                self._walk_subject(name[4:])
+
+    def _walk_subject(self, label: str) -> None:
+        session_re = self._parsers["session"][0]
+        root = str(self.root)
+        for folder, dirs, names in os.walk(os.path.join(root, f"sub-{label}")):
+            dirs[:] = [d for d in dirs if not _SKIP_DIRS.match(d)]
+            names = [n for n in names if not n.startswith(".")]
+            if names:
+                self._files.setdefault(label, [])
+            rel_folder = folder[len(root):].replace(os.sep, "/")  # "/sub-01/anat"
+            for m in filter(None, (session_re.search(f"{rel_folder}/{n}") for n in names)):
+                self._sessions.setdefault(label, set()).add(m.group(1))
+            if os.path.basename(folder) != "anat":
+                continue
+            self._listings[folder] = sorted(names)
+            for name in (n for n in names if n.endswith(_NIFTI)):
+                ents = self._entities(f"{rel_folder}/{name}")
+                if ents.get("datatype") == "anat" and ents.get("extension") in _NIFTI:
+                    self._files[label].append(AnatFile(os.path.join(folder, name), ents))
+
+    def _entities(self, rel: str) -> dict:
+        ents = {}
+        for name, (regex, astype) in self._parsers.items():
+            m = regex.search(rel)
+            if m is not None:
+                ents[name] = astype(m.group(1))
+        return ents
+
+    def get_subjects(self) -> list[str]:
+        return self._sort(list(self._files))
+
+    def get_sessions(self, subject: str) -> list[str]:
+        return self._sort(list(self._sessions.get(subject, ())))
+
+    def get(self, subject: str, session: str | None = None) -> list[AnatFile]:
+        """The subject's anat NIfTI images (of one session when ``session`` is given)."""
+        return [f for f in self._files.get(subject, [])
+                if session is None or f.entities.get("session") == session]
+
+    def listing(self, folder: Path) -> list[str]:
+        """File names in ``folder`` (cached: the dataset root is listed once, not per image)."""
+        key = str(folder)
+        if key not in self._listings:
+            try:
+                self._listings[key] = sorted(e.name for e in os.scandir(key)
+                                             if e.is_file() and not e.name.startswith("."))
+            except OSError:
+                self._listings[key] = []
+        return self._listings[key]
+
+
+def load_layout(bids_dir: Path, participants=None, database_dir: Path | None = None) -> AnatLayout:
+    """The anat images of ``participants`` (all when None). ``database_dir`` is accepted for
+    compatibility and unused: nothing is indexed to disk."""
+    return AnatLayout(Path(bids_dir), participants)
+
+
+def _read_sidecar(bids_file, bids_dir: Path, layout: AnatLayout) -> tuple[dict, str | None]:
     """Sidecar metadata with BIDS inheritance, read ourselves so that a broken JSON is
-    reported for that file instead of breaking the whole index (pybids raises on it).
+    reported for that file instead of breaking discovery.
 
     Applicable sidecars: in the file's folder and every parent up to the root, JSON files
     with the same suffix whose entities are a subset of the file's; nearer ones win.
@@ -104,13 +199,18 @@ def _read_sidecar(bids_file, bids_dir: Path) -> tuple[dict, str | None]:
     name = path.name.split(".")[0]
     parts = name.split("_")
     suffix, pairs = parts[-1], set(parts[:-1])
-    folders = [path.parent] + [p for p in path.parents if Path(bids_dir) in p.parents or p == Path(bids_dir)]
+    folders, root = [path.parent], Path(bids_dir)
+    while folders[-1] != root and root in folders[-1].parents:
+        folders.append(folders[-1].parent)
     meta: dict = {}
-    for folder in reversed(list(dict.fromkeys(folders))):  # root first, nearest last
-        for cand in sorted(folder.glob(f"*{suffix}.json")):
-            cparts = cand.name[:-5].split("_")
+    for folder in reversed(folders):  # root first, nearest last
+        for cand_name in layout.listing(folder):
+            if not cand_name.endswith(f"{suffix}.json"):
+                continue
+            cparts = cand_name[:-5].split("_")
             if cparts[-1] != suffix or not set(cparts[:-1]) <= pairs:
                 continue
+            cand = folder / cand_name
             try:
                 meta.update(json.loads(cand.read_text()))
             except (ValueError, UnicodeDecodeError, OSError) as err:
@@ -137,10 +237,7 @@ def plan_participant(layout, bids_dir: Path, participant: str, sessions=None,
     plans = []
     subject_t1w = []  # (session, path) for sessions that have a T1w, to lend to others
     for ses in all_sessions:
-        query = {"subject": participant, "datatype": "anat", "extension": [".nii", ".nii.gz"]}
-        if ses:
-            query["session"] = ses
-        files = layout.get(**query)
+        files = layout.get(participant, ses)
         t1w_cands, nm_groups, ignored = [], {}, []
         forced = filters.get("nm", {}).get("acq_type")
         valid_name = re.compile(_BIDS_ANAT.format(p=re.escape(participant)))
@@ -155,7 +252,7 @@ def plan_participant(layout, bids_dir: Path, participant: str, sessions=None,
             if rel.endswith(".nii") and Path(f.path).name + ".gz" in names:
                 ignored.append({"path": rel, "reason": f"duplicate of {Path(f.path).name}.gz, which is used"})
                 continue
-            meta, meta_err = _read_sidecar(f, bids_dir)
+            meta, meta_err = _read_sidecar(f, bids_dir, layout)
             suffix = ents.get("suffix")
             if meta_err:
                 ignored.append({"path": rel, "reason": meta_err, "problem": "error"})
@@ -270,6 +367,18 @@ def _pair_and_build(groups: dict, ignored: list) -> list:
                     else f"{nm.prefix}_acq-{suffix}"
         seen.add(nm.prefix)
     return inputs
+
+
+def discover(bids_dir: Path, participants=None, sessions=None, filters: dict | None = None,
+             database_dir: Path | None = None) -> dict[str, list[SessionPlan]]:
+    """Plan every selected participant: ``{label: [SessionPlan, ...]}``, in label order.
+
+    ``participants`` and ``sessions`` are labels without prefixes (None: all).
+    """
+    bids_dir = Path(bids_dir)
+    layout = load_layout(bids_dir, participants or None, database_dir)
+    return {p: plan_participant(layout, bids_dir, p, sessions or None, filters)
+            for p in select_participants(layout, participants)}
 
 
 def select_participants(layout, labels=None) -> list[str]:

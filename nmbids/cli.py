@@ -113,6 +113,9 @@ def _check_paths(args) -> None:
         raise NmbidsError(f"cannot write to {err.filename or output_dir}: {err.strerror}",
                           code=EXIT_CANTCREAT) from None
     args.bids_dir, args.output_dir, args.work_dir = bids_dir, output_dir, work
+    for name in ("use_plugin", "bids_filter_file", "atlas", "bids_database_dir"):  # relative to the
+        if getattr(args, name, None):                                              # caller's folder
+            setattr(args, name, getattr(args, name).absolute())
     # Nipype returns to the starting folder after every node: start from one that is sure to
     # exist and stay (a container's working dir may be missing or vanish under a tmpfs).
     os.chdir(work)
@@ -176,7 +179,7 @@ def _load_filters(path: Path | None) -> dict:
 
 def _participant(args, run_id: str, command: str) -> int:
     from .atlas import prepare_atlas
-    from .bids import check_label, load_layout, plan_participant, select_participants, strip_prefix
+    from .bids import check_label, discover, strip_prefix
     from .outputs import write_dataset_description
     from .participant import run_participant
     from .templates import get_template
@@ -184,6 +187,9 @@ def _participant(args, run_id: str, command: str) -> int:
     if args.reports_only:
         return _reports_only(args)
     filters = _load_filters(args.bids_filter_file)
+    if args.use_plugin:  # a broken plugin file is a usage error before any work, not a crash later
+        from .participant import read_plugin_file
+        read_plugin_file(args.use_plugin)
     if not args.skip_bids_validation:
         _validate(args.bids_dir)
     nprocs = args.nprocs or os.cpu_count() or 1
@@ -194,8 +200,7 @@ def _participant(args, run_id: str, command: str) -> int:
 
     labels = [strip_prefix(lbl, "sub-") for lbl in args.participant_label or []]
     sessions = [check_label(strip_prefix(s, "ses-"), "session") for s in args.session_label or []]
-    layout = load_layout(args.bids_dir, labels or None, args.bids_database_dir)
-    participants = select_participants(layout, labels)
+    plans = discover(args.bids_dir, labels or None, sessions or None, filters, args.bids_database_dir)
     try:
         template = get_template(args.template)
     except LookupError as err:
@@ -205,7 +210,6 @@ def _participant(args, run_id: str, command: str) -> int:
     from .reports.participant import write_citation
     write_citation(args.output_dir, template.name, __version__)
 
-    plans = {p: plan_participant(layout, args.bids_dir, p, sessions or None, filters) for p in participants}
     if not any(nm for pl in plans.values() for s in pl for nm in s.nm):
         found = sum(len(s.ignored) for pl in plans.values() for s in pl)
         raise NmbidsError(f"no NM images found for the selected participants ({found} other anat files seen); "

@@ -135,7 +135,11 @@ def write_dataset_description(output_dir: Path, bids_dir: Path) -> None:
         "HowToAcknowledge": "Cite nmbids and the references in logs/CITATION.md.",
     }
     path = output_dir / "dataset_description.json"
-    if not path.exists() or json.loads(path.read_text() or "{}").get("GeneratedBy") != desc["GeneratedBy"]:
+    try:  # several participant jobs may write it at once: each write is a whole file (rename)
+        current = json.loads(path.read_text()).get("GeneratedBy")
+    except (OSError, ValueError, AttributeError):  # missing (or removed meanwhile), or not JSON
+        current = None
+    if current != desc["GeneratedBy"]:
         atomic_write_json(path, desc)
     ignore = output_dir / ".bidsignore"
     if not ignore.exists():

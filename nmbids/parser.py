@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                         '{"t1w": {"acquisition": null}, "nm": {"acquisition": "NM", "acq_type": "GREMT"}}; '
                         "'acq_type' (GREMT, FSE, MTR) overrides the classification")
     g.add_argument("--bids-database-dir", type=Path, metavar="DIR",
-                   help="where pybids may keep its index (default: in memory; never share one between jobs)")
+                   help="accepted for compatibility and ignored: nmbids walks the anat folders directly "
+                        "and keeps no index database")
     g.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true",
                    help="do not run the BIDS validator on the input dataset")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -22,7 +23,7 @@ from nipype.interfaces.base import isdefined
 from . import __version__
 from .acquisitions import PROFILES
 from .bids import SessionPlan
-from .errors import EXIT_DATA, EXIT_FAILURE, EXIT_NO_INPUT, EXIT_OK, NmbidsError
+from .errors import EXIT_DATA, EXIT_FAILURE, EXIT_NO_INPUT, EXIT_OK, EXIT_USAGE, NmbidsError
 from .images import check_image
 from .outputs import (anat_dir, atomic_copy, atomic_write_json, atomic_write_tsv, bids_uri,
                       remove_stale_temporaries)
@@ -139,7 +140,9 @@ def run_participant(participant: str, plans: list[SessionPlan], *, bids_dir: Pat
         try:
             wf.run(**_plugin(options))
         except Exception as err:  # node failures are read from the work dir below
-            LOG.debug("workflow for %s ended with %s", sub, err)
+            LOG.debug("workflow for %s ended with %s", sub, traceback.format_exc())
+            if "did not execute cleanly" not in str(err):  # not a node failure: the scheduler, a plugin
+                LOG.error("%s: the nipype workflow stopped: %s: %s", sub, type(err).__name__, err)
     for plan in plans:
         errors += write_session(plan, bids_dir=bids_dir, output_dir=output_dir, work_dir=work_dir,
                                 template=template, options=options, outcome=outcome, log_dir=log_dir)
@@ -361,13 +364,65 @@ def _configure_nipype(log_dir: Path, options) -> None:
         lg.propagate = False
 
 
-def _plugin(options) -> dict:
-    if options.use_plugin:
-        import yaml
+PLUGIN_KEYS = {"plugin", "plugin_args"}
 
-        spec = yaml.safe_load(Path(options.use_plugin).read_text()) or {}
-        return {"plugin": spec.get("plugin", "MultiProc"), "plugin_args": spec.get("plugin_args", {})}
+
+def read_plugin_file(path: Path) -> dict:
+    """The ``--use-plugin`` YAML (``plugin:`` and ``plugin_args:``), checked before any work.
+
+    Any problem is a usage error (exit 64) with one line naming the file.
+    """
+    import yaml
+    from nipype.pipeline import plugins
+
+    def bad(problem: str):
+        return NmbidsError(f"--use-plugin: {problem}", code=EXIT_USAGE, path=str(path))
+
+    try:
+        spec = yaml.safe_load(Path(path).read_text())
+    except OSError as err:
+        raise bad(f"cannot read the file ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise bad(f"not valid YAML{where}") from None
+    if not isinstance(spec, dict):
+        raise bad("expected a mapping with 'plugin:' and optionally 'plugin_args:'")
+    if set(spec) - PLUGIN_KEYS:
+        raise bad(f"unknown key(s) {', '.join(sorted(map(str, set(spec) - PLUGIN_KEYS)))} "
+                  "(allowed: plugin, plugin_args)")
+    name = spec.get("plugin")
+    known = sorted(n[:-len("Plugin")] for n in dir(plugins) if n.endswith("Plugin"))
+    if not isinstance(name, str) or name not in known:
+        raise bad(f"unknown nipype plugin {name!r} (one of: {', '.join(known)})")
+    args = spec.get("plugin_args") or {}
+    if not isinstance(args, dict):
+        raise bad("'plugin_args' must be a mapping")
+    return {"plugin": name, "plugin_args": args}
+
+
+def _user_name() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a uid without a passwd entry (containers run with -u)
+        return "nmbids"
+
+
+def _plugin(options) -> dict:
     nprocs = options.nprocs or 1
+    if options.use_plugin:
+        spec = read_plugin_file(options.use_plugin)
+        # nipype's batch plugins (SLURM, SGE, PBS, ...) name jobs after $LOGNAME, which containers
+        # and batch jobs often lack
+        os.environ.setdefault("LOGNAME", _user_name())
+        if spec["plugin"] in ("MultiProc", "LegacyMultiProc"):  # --nprocs/--mem unless the file says
+            spec["plugin_args"].setdefault("n_procs", nprocs)
+            spec["plugin_args"].setdefault("raise_insufficient", False)
+            if options.mem:
+                spec["plugin_args"].setdefault("memory_gb", options.mem)
+        return spec
     if nprocs <= 1:
         return {"plugin": "Linear"}
     args = {"n_procs": nprocs, "raise_insufficient": False}

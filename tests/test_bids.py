@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,41 @@ def test_invalid_dataset_exits_16(tmp_path, capfd):
                         "-w", str(tmp_path / "work")])
     assert code == 16
     assert "failed BIDS validation" in capfd.readouterr().err
+
+
+def test_anat_layout_finds_what_pybids_finds(tmp_path):
+    """The direct walk gives the same subjects, sessions, anat images and entities as a pybids
+    layout (validation off), on a tree with sessions, runs, MT pairs, other modalities, hidden
+    files and a session without anat."""
+    from bids import BIDSLayout, BIDSLayoutIndexer
+
+    from nmbids.bids import AnatLayout
+
+    root = tmp_path / "ds"
+    (root / "derivatives" / "sub-09" / "anat").mkdir(parents=True)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.9.0"}))
+    names = ["sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz", "sub-01/ses-1/anat/sub-01_ses-1_acq-NM_run-1_T1w.nii.gz",
+             "sub-01/ses-1/anat/sub-01_ses-1_acq-NM_run-02_T1w.nii", "sub-01/ses-2/anat/sub-01_ses-2_mt-on_MTR.nii.gz",
+             "sub-01/ses-2/anat/sub-01_ses-2_mt-off_MTR.nii.gz", "sub-01/ses-3/sub-01_ses-3_scans.tsv",
+             "sub-02/anat/sub-02_acq-FSE_echo-1_part-mag_T2w.nii.gz", "sub-02/anat/sub-02_T1w.json",
+             "sub-02/anat/.sub-02_T1w.nii.gz", "sub-02/func/sub-02_task-rest_bold.nii.gz",
+             "sub-03/func/sub-03_task-rest_bold.nii.gz", "sub-10/anat/sub-10_rec-norm_T1w.nii.gz",
+             "derivatives/sub-09/anat/sub-09_T1w.nii.gz"]
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+    ignore = [re.compile(r"^/(code|derivatives|sourcedata|stimuli|models)/"),
+              re.compile(r"/(func|dwi|fmap|perf|beh|eeg|meg|ieeg|pet|micr|nirs|motion)/"), re.compile(r"(^|/)\.")]
+    theirs = BIDSLayout(str(root), validate=False,
+                        indexer=BIDSLayoutIndexer(validate=False, index_metadata=False, ignore=ignore))
+    mine = AnatLayout(root)
+    assert mine.get_subjects() == theirs.get_subjects() == ["01", "02", "10"]
+    for sub in theirs.get_subjects():
+        assert mine.get_sessions(subject=sub) == theirs.get_sessions(subject=sub)
+        for ses in theirs.get_sessions(subject=sub) or [None]:
+            query = dict(subject=sub, datatype="anat", extension=[".nii", ".nii.gz"])
+            if ses:
+                query["session"] = ses
+            want = {f.path: {k: str(v) for k, v in f.get_entities().items()} for f in theirs.get(**query)}
+            got = {f.path: {k: str(v) for k, v in f.get_entities().items()} for f in mine.get(sub, ses)}
+            assert got == want, (sub, ses)
