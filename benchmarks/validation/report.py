@@ -470,6 +470,22 @@ def render(meta: dict, t: dict, ch: dict, lc: pd.DataFrame, mr: pd.DataFrame) ->
                          f"ICC {', '.join(fmt(x) for x in s.icc)}")
         L.append("")
 
+    now = current_defaults()
+    diffs = []
+    if now["ref_stat"] != meta["defaults"]["ref_stat"]:
+        diffs.append(f"reference statistic {meta['defaults']['ref_stat']} → {now['ref_stat']}")
+    for acq, methods in now["cr_method"].items():
+        for roi, method in methods.items():
+            was = meta["defaults"]["cr_method"].get(acq, {}).get(roi)
+            if was != method:
+                diffs.append(f"{ACQ_NAME.get(acq, acq)} {roi} CR method {was} → {method}")
+    if diffs:
+        L.append("Defaults of nmbids changed after this run, following the recommendations above: "
+                 + "; ".join(diffs) + ". The numbers above were measured with the old defaults; the 'after' "
+                 "rows are what the new defaults give on the same images.\n")
+    elif changes:
+        L.append("No default of nmbids has been changed since this run.\n")
+
     L.append("## Power\n")
     L.append("Smallest group difference detected with 80 % power (two-sided t-test, α = 0.05, equal groups; "
              "statsmodels `TTestIndPower`), from the test–retest cohort's measured between-subject SD and "
@@ -505,6 +521,15 @@ def render(meta: dict, t: dict, ch: dict, lc: pd.DataFrame, mr: pd.DataFrame) ->
     L.extend(weaknesses(t))
     L.append("\nTables: `docs/validation/*.tsv`. Raw per-subject results stay in the run's `--out` folder.\n")
     return "\n".join(L) + "\n"
+
+
+def current_defaults() -> dict:
+    """The defaults of the installed nmbids (may differ from those of the run)."""
+    from nmbids.acquisitions import PROFILES
+    from nmbids.parser import build_parser
+
+    return {"ref_stat": build_parser().get_default("ref_stat"),
+            "cr_method": {a: dict(p.cr_method) for a, p in PROFILES.items() if p.report_cr}}
 
 
 def weaknesses(t: dict) -> list[str]:
