@@ -77,7 +77,11 @@ def test_recommend_keeps_default_within_tolerance_and_switches_beyond():
     # among near-ties the smallest |bias| wins; NaN scores are ignored
     s = {"a": {"r": 0.9, "bias": 0.05}, "b": {"r": 0.905, "bias": 0.0}, "c": {"r": np.nan}, "d": {"r": 0.5}}
     assert st.recommend(s, "d")["best"] == "b"
-    assert st.recommend({"x": {"r": np.nan}}, "x") == {"best": "x", "keep_default": True, "score": {"x": pytest.approx(np.nan, nan_ok=True)}}
+    rec = st.recommend({"x": {"r": np.nan}}, "x")
+    assert rec["best"] == "x" and rec["keep_default"] and rec["none_good"]
+    # no choice tracks the truth: keep the default rather than crown the least bad
+    rec = st.recommend({"a": {"r": -0.3}, "b": {"r": 0.2}}, "a")
+    assert rec["best"] == "a" and rec["none_good"]
 
 
 def test_sd_total_adds_age_variance():

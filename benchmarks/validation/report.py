@@ -81,7 +81,7 @@ def condition_table(pairs: pd.DataFrame, meta: dict) -> pd.DataFrame:
                        & pairs.hemi.isin(["L", "R"]) & pairs["sub"].isin(keep_subs)]
             for roi in ROIS:
                 g = g0[g0.roi == roi]
-                rows.append(dict(factor=factor, level=level, roi=roi, **rec_row(g)))
+                rows.append(dict(factor=factor, level=level, roi=roi, cohort=cohort, **rec_row(g)))
     return pd.DataFrame(rows)
 
 
@@ -309,6 +309,8 @@ def fig_misreg(mt: pd.DataFrame, path: Path) -> None:
 # ----------------------------------------------------------------------------- document
 def _rec_text(rec: dict, what: str) -> str:
     sc = ", ".join(f"{k} {fmt(v, 3)}" for k, v in rec["score"].items())
+    if rec.get("none_good"):
+        return f"{what}: no choice tracks the truth (score {sc}); the default {rec['default']} stays."
     if rec["keep_default"]:
         return f"{what}: keep **{rec['default']}** (score {sc})."
     return f"{what}: **{rec['best']}** scores better than the default {rec['default']} (score {sc})."
@@ -485,6 +487,10 @@ def render(meta: dict, t: dict, ch: dict, lc: pd.DataFrame, mr: pd.DataFrame) ->
                  "rows are what the new defaults give on the same images.\n")
     elif changes:
         L.append("No default of nmbids has been changed since this run.\n")
+    if any(k == "space" for k, _ in changes):
+        L.append("Measuring in template space is not a default that can be switched: nmbids measures in "
+                 "native space by design, and moving the measurement is a change of the pipeline left to its "
+                 "maintainers.\n")
 
     L.append("## Power\n")
     L.append("Smallest group difference detected with 80 % power (two-sided t-test, α = 0.05, equal groups; "
@@ -547,9 +553,10 @@ def weaknesses(t: dict) -> list[str]:
             out.append(f"- {r.acquisition} {r.roi} CR slope {fmt(r.slope)}: differences between subjects are "
                        f"{'compressed' if r.slope < 1 else 'exaggerated'}.")
     ct = t["recovery_by_condition"]
-    bad = ct[np.isfinite(ct.r) & (ct.r < 0.8)]
+    bad = ct[np.isfinite(ct.r) & (ct.r < 0.8)].drop_duplicates(["cohort", "roi"])
     for _, r in bad.iterrows():
-        out.append(f"- {r.roi} CR at {r.factor} = {r.level}: r = {fmt(r.r)}.")
+        where = "baseline" if r.cohort == "baseline" else f"{r.factor} = {r.level}"
+        out.append(f"- GRE-MT {r.roi} CR at {where} (3 subjects): r = {fmt(r.r)}.")
     mt = t["misregistration"]
     if len(mt):
         for _, r in mt[(mt.shift_mm == 2) & (mt.mean_abs_change > 0.02)].iterrows():

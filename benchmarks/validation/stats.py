@@ -82,14 +82,16 @@ def shift_directions() -> dict[str, np.ndarray]:
     return {"x": np.array([1.0, 0, 0]), "y": np.array([0, 1.0, 0]), "z": np.array([0, 0, 1.0])}
 
 
-def recommend(scores: dict[str, dict], default: str, tol: float = 0.01) -> dict:
+def recommend(scores: dict[str, dict], default: str, tol: float = 0.01, min_score: float = 0.5) -> dict:
     """Pick the best of several choices.
 
     ``scores[name]`` holds ``r`` (agreement with truth; higher is better), optionally ``icc``
     (test-retest; higher is better) and ``bias``. A choice's score is the mean of its finite
     ``r`` and ``icc``. The default is kept unless another choice beats it by more than ``tol``
     (differences within ``tol`` are noise on a few subjects); among choices within ``tol`` of
-    the best, the smallest |bias| wins. Returns ``{"best", "keep_default", "score": {name: s}}``.
+    the best, the smallest |bias| wins. When no choice reaches ``min_score`` none tracks the truth
+    and the default is kept (``"none_good": True``). Returns ``{"best", "keep_default",
+    "none_good", "score": {name: s}}``.
     """
     score = {}
     for name, s in scores.items():
@@ -97,14 +99,14 @@ def recommend(scores: dict[str, dict], default: str, tol: float = 0.01) -> dict:
         vals = [v for v in vals if v is not None and np.isfinite(v)]
         score[name] = float(np.mean(vals)) if vals else NAN
     finite = {k: v for k, v in score.items() if np.isfinite(v)}
-    if not finite:
-        return {"best": default, "keep_default": True, "score": score}
-    top = max(finite.values())
+    top = max(finite.values()) if finite else NAN
+    if not finite or top < min_score:
+        return {"best": default, "keep_default": True, "none_good": True, "score": score}
     if default in finite and finite[default] >= top - tol:
-        return {"best": default, "keep_default": True, "score": score}
+        return {"best": default, "keep_default": True, "none_good": False, "score": score}
     near = [k for k, v in finite.items() if v >= top - tol]
     best = min(near, key=lambda k: (abs(scores[k].get("bias", 0.0) or 0.0), -finite[k]))
-    return {"best": best, "keep_default": best == default, "score": score}
+    return {"best": best, "keep_default": best == default, "none_good": False, "score": score}
 
 
 def sd_total(sd_base: float, age_slope: float, age_range: tuple[float, float]) -> float:
