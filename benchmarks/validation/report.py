@@ -521,6 +521,13 @@ def render(meta: dict, t: dict, ch: dict, lc: pd.DataFrame, mr: pd.DataFrame) ->
                  "pipeline wrote. Change is against shift 0, averaged over directions, subjects and hemispheres.\n")
         L.append("![misregistration](validation/misregistration.png)\n")
         L.append(md_table(t["misregistration"], nd))
+        lost = t["misregistration"][t["misregistration"].n_missing > 0]
+        if len(lost):
+            L.append("\nValues that became n/a under a shift (the measure returned n/a, e.g. fewer than 5 voxels "
+                     "above the threshold); the mean change at that shift is over the values left only:\n")
+            for _, r in lost.iterrows():
+                L.append(f"- {r.acquisition} {r.roi}, {fmt(r.shift_mm, 0)} mm: {fmt(r.n_missing)} of "
+                         f"{fmt(r.n + r.n_missing)} n/a")
     else:
         L.append("Not measured in this run.\n")
     L.append("\n## Weaknesses found\n")
