@@ -120,7 +120,10 @@ Subject i (0-based) is in group ``groups[i % G]`` and site ``(i // G) % K``; age
     CR = site_scale * (base + age_slope * (age - 45) + sex_effect * [sex == M] + group effect)
 
 base ~ U(0.10, 0.30) for SN, U(0.08, 0.25) for VTA, U(0.10, 0.20) for LC, L = m + d and
-R = m - d with d ~ N(0, 0.015) clipped to +-0.03. ``--age-slope`` defaults to 0.001 per year
+R = m - d with d ~ N(0, 0.015) clipped to +-0.03. ``--cr-sd SD`` replaces the uniform draw of
+``m`` by the middle of that range plus N(0, SD) clipped to +-3 SD (every ROI): a realistic
+between-subject spread (published SN CR sd about 0.025 once age is added) for reliability and
+power studies; the default (none) keeps the wide uniform spread that suits recovery studies. ``--age-slope`` defaults to 0.001 per year
 for SN and VTA, 0 for LC; ``--sex-effect`` to 0. ``--effect [GROUP:]ROI:MEASURE:VALUE``
 (repeatable): measure ``cr`` adds VALUE to CR, ``volume`` scales the (builtin) nucleus
 volume by 1 + VALUE; GROUP defaults to every group but the first. Site 1 has scale 1 and SNR
@@ -293,6 +296,7 @@ class Options:
     effects: tuple[str, ...] = ()
     sites: int = 1
     site_cr_spread: float = 0.15
+    cr_sd: float | None = None  # None: base CR ~ U(range); else middle + N(0, cr_sd)
     age_range: tuple[float, float] = (20.0, 70.0)
     age_slope: tuple[str, ...] = ("SN:0.001", "VTA:0.001", "LC:0.0")
     sex_effect: float = 0.0
@@ -319,6 +323,8 @@ class Options:
             raise ValueError("--snr and --t1w-snr must be > 0 (or use --noise-free)")
         if self.age_range[0] > self.age_range[1]:
             raise ValueError("--age-range: LOW,HIGH")
+        if self.cr_sd is not None and not self.cr_sd >= 0:
+            raise ValueError("--cr-sd must be >= 0")
         parse_effects(self)
         parse_age_slope(self.age_slope)
 
@@ -1212,6 +1218,18 @@ def _nucleus_volumes(nuclei, deform, A, P_list):
     return vols_tpl, cache
 
 
+def draw_base_cr(rng: np.random.Generator, roi: str, cr_sd: float | None = None) -> float:
+    """A subject's base CR of ``roi`` (GRE-MT units, before age, sex, group and site).
+
+    ``cr_sd`` None: uniform over ``CR_BASE_RANGE[roi]``; else the middle of that range plus
+    N(0, cr_sd) clipped to +-3 cr_sd.
+    """
+    lo, hi = CR_BASE_RANGE[roi]
+    if cr_sd is None:
+        return float(rng.uniform(lo, hi))
+    return (lo + hi) / 2 + float(np.clip(rng.normal(0, cr_sd), -3 * cr_sd, 3 * cr_sd))
+
+
 def _simulate_subject(i, sub, seed, opts, tm, default_nuclei, effects, slopes, site_labels,
                       sites, out):
     rng = np.random.default_rng([seed, 1, i])
@@ -1224,7 +1242,7 @@ def _simulate_subject(i, sub, seed, opts, tm, default_nuclei, effects, slopes, s
     deform = make_deformation(tm, rng, opts.deform_mm)
     base = {}
     for roi in ROIS:
-        m = rng.uniform(*CR_BASE_RANGE[roi])
+        m = draw_base_cr(rng, roi, opts.cr_sd)
         d = float(np.clip(rng.normal(0, HEMI_SD), -2 * HEMI_SD, 2 * HEMI_SD))
         base[roi] = {"L": m + d, "R": m - d}
     vol_scale = {}
@@ -1516,6 +1534,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sites", type=int, default=d.sites, help="number of sites (1)")
     p.add_argument("--site-cr-spread", type=float, default=d.site_cr_spread,
                    help="site CR scale drawn in 1 +- this (0.15)")
+    p.add_argument("--cr-sd", type=float, default=None, metavar="SD",
+                   help="base CR = middle of its range + N(0, SD) instead of uniform over the range")
     p.add_argument("--age-range", default="20,70", help="LOW,HIGH years (20,70)")
     p.add_argument("--age-slope", action="append", default=None, metavar="[ROI:]VALUE",
                    help="CR change per year (default SN:0.001 VTA:0.001 LC:0)")
@@ -1544,7 +1564,7 @@ def main(argv=None) -> int:
             bias=args.bias, noise_free=args.noise_free, naming_variants=args.naming_variants,
             sessions=args.sessions,
             groups=tuple(g.strip() for g in args.groups.split(",") if g.strip()),
-            effects=tuple(args.effect), sites=args.sites, site_cr_spread=args.site_cr_spread,
+            effects=tuple(args.effect), sites=args.sites, site_cr_spread=args.site_cr_spread, cr_sd=args.cr_sd,
             age_range=age, sex_effect=args.sex_effect)
         if args.age_slope is not None:
             options["age_slope"] = tuple(args.age_slope)

@@ -386,3 +386,15 @@ def test_cli(tmp_path, capsys):
     assert sim.main([str(tmp_path / "x"), "--acq", "spiral"]) == 2
     assert not (tmp_path / "x").exists()  # nothing written when the arguments are wrong
     assert sim.main([str(tmp_path / "y"), "--effect", "SN:cr:0.1"]) == 2  # one group only
+
+
+def test_cr_sd_gives_a_realistic_spread(tmp_path):
+    rng = np.random.default_rng(0)
+    draws = np.array([sim.draw_base_cr(rng, "SN", 0.02) for _ in range(4000)])
+    assert draws.mean() == pytest.approx(0.20, abs=0.002)
+    assert draws.std() == pytest.approx(0.02, rel=0.05)
+    assert np.all(np.abs(draws - 0.20) <= 0.06 + 1e-12)
+    wide = np.array([sim.draw_base_cr(rng, "SN") for _ in range(4000)])  # default: U(0.10, 0.30)
+    assert wide.min() >= 0.10 and wide.max() <= 0.30 and wide.std() == pytest.approx(0.2 / 12 ** 0.5, rel=0.05)
+    with pytest.raises(ValueError):
+        sim.simulate_dataset(tmp_path, n_subjects=1, seed=0, cr_sd=-0.1, **FAST)

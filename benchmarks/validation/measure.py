@@ -1,0 +1,260 @@
+"""Reading nmbids outputs of phantom cohorts, matching them with truth.json, and measuring
+again from the written images (other reference statistics and CR methods, template space,
+a deliberately shifted NM -> T1w transform) with the functions the pipeline itself calls
+(``nmbids.registration.pull_atlas_to_nm``, ``nmbids.quantify.quantify``)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pandas as pd
+
+from nmbids import measures as m
+from nmbids.acquisitions import PROFILES
+from nmbids.quantify import quantify
+
+from .stats import centroid_mm, shift_directions, shifted_rigid
+
+ACQ_LABEL = {"GREMT": "NM", "FSE": "FSE", "MTR": "MTR"}
+TARGETS = ("SN", "VTA", "LC")
+TRUTH_KEY = {"cr": "cr", "cr_roimean": "cr", "cr_threshold": "cr", "mtr": "mtr",
+             "mtr_threshold": "mtr", "volume_mm3": "volume_mm3"}
+METHODS = ("roi_mean", "threshold", "max_per_slice")
+STATS = ("mode", "median", "mean")
+
+
+def read_table(path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", na_values={"value": ["n/a"]}, keep_default_na=False)
+
+
+def load_measures(out: Path) -> pd.DataFrame:
+    files = sorted(Path(out).glob("sub-*/**/*_desc-nm_measures.tsv"))
+    if not files:
+        return pd.DataFrame(columns=["participant_id", "session_id", "acq_type", "roi", "hemi",
+                                     "measure", "value"])
+    return pd.concat([read_table(f) for f in files], ignore_index=True)
+
+
+def truth_acqs(truth: dict):
+    """Yield (sub, ses, acq dict) for every acquisition of the truth."""
+    for sub, t in truth["subjects"].items():
+        for ses, st in t["sessions"].items():
+            for a in st["acquisitions"]:
+                yield sub, ses, a
+
+
+def pairs(truth: dict, meas: pd.DataFrame) -> pd.DataFrame:
+    """Long table of (measured, true) for every subject, session, acquisition, target ROI,
+    hemisphere (L, R) and measure with a truth (CR measures, MTR measures, volume)."""
+    rows = []
+    idx = meas.set_index(["participant_id", "session_id", "acq_type", "roi", "hemi", "measure"])["value"]
+    idx = idx[~idx.index.duplicated()]
+    for sub, ses, a in truth_acqs(truth):
+        for measure, key in TRUTH_KEY.items():
+            if key not in a:
+                continue
+            for roi in TARGETS:
+                for hemi in ("L", "R", "bilateral"):
+                    true = a[key].get(roi, {}).get(hemi)
+                    k = (sub, ses, a["acq_type"], roi, hemi, measure)
+                    if true is None or k not in idx.index:
+                        continue
+                    rows.append(dict(sub=sub, ses=ses, acq_type=a["acq_type"], roi=roi, hemi=hemi,
+                                     measure=measure, est=float(idx[k]), true=float(true)))
+    return pd.DataFrame(rows)
+
+
+def anat_dir(out: Path, sub: str, ses: str) -> Path:
+    return Path(out) / sub / ("anat" if ses == "n/a" else f"{ses}/anat")
+
+
+def _one(folder: Path, pattern: str) -> Path:
+    hits = sorted(folder.glob(pattern))
+    if len(hits) != 1:
+        raise FileNotFoundError(f"{folder}/{pattern}: {len(hits)} matches")
+    return hits[0]
+
+
+def session_files(out: Path, sub: str, ses: str, acq_type: str) -> dict:
+    """Paths of the outputs of one NM source and its session."""
+    d = anat_dir(out, sub, ses)
+    a = f"*_acq-{ACQ_LABEL[acq_type]}_"
+    atlas = _one(Path(out) / "atlas", "tpl-*_atlas-nmbids_dseg.nii.gz")
+    space = atlas.name.split("_")[0][len("tpl-"):]
+    return {
+        "nm": _one(d, f"{a}desc-preproc_NM.nii.gz"),
+        "dseg": _one(d, f"{a}desc-rois_dseg.nii.gz"),
+        "rigid": _one(d, f"{a}from-NM_to-T1w_mode-image_xfm.mat"),
+        "nm_tpl": _one(d, f"{a}space-{space}_desc-preproc_NM.nii.gz"),
+        "crmap": _one(d, f"{a}space-{space}_crmap.nii.gz"),
+        "affine": _one(d, f"*_from-T1w_to-{space}_mode-image_desc-affine_xfm.mat"),
+        "warp": _one(d, f"*_from-T1w_to-{space}_mode-image_desc-warp_xfm.nii.gz"),
+        "invwarp": _one(d, f"*_from-{space}_to-T1w_mode-image_desc-warp_xfm.nii.gz"),
+        "atlas": atlas,
+        "atlas_table": atlas.with_suffix("").with_suffix(".tsv"),
+        "measures": _one(d, "*_desc-nm_measures.tsv"),
+    }
+
+
+def coverage_of(meas: pd.DataFrame, acq_type: str) -> dict:
+    c = meas[(meas.acq_type == acq_type) & (meas.measure == "coverage")]
+    return {(r.roi, r.hemi): float(r.value) for r in c.itertuples()}
+
+
+def _inferior_first(nii) -> bool:
+    # ANTs: direction[:, 2][2] >= 0 (LPS); in RAS the z row of the affine has the same sign
+    return float(nii.affine[2, 2]) >= 0
+
+
+def _profile(acq_type: str, method: str | None):
+    p = PROFILES[acq_type]
+    if method is None:
+        return p
+    return dataclasses.replace(p, cr_method={roi: method for roi in p.references})
+
+
+def measure_variants(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage: dict,
+                     acq_type: str, voxel_volume: float, inferior_first: bool,
+                     stats=STATS, methods=METHODS) -> list[dict]:
+    """CR of every target ROI and hemisphere for each reference statistic and CR method,
+    computed by ``nmbids.quantify.quantify`` with the acquisition's profile (the method
+    swapped in).  Rows: stat, method, roi, hemi, value (also ``default`` rows: the profile's
+    own ``cr`` and ``volume_mm3``)."""
+    rows = []
+    for stat in stats:
+        for method in (None,) + tuple(methods):
+            out, _ = quantify(nm, dseg, table, coverage, _profile(acq_type, method), stat, voxel_volume,
+                              slice_axis=2, inferior_first=inferior_first)
+            for r in out:
+                if r["roi"] not in TARGETS:
+                    continue
+                if method is None and r["measure"] in ("cr", "volume_mm3"):
+                    rows.append(dict(stat=stat, method="default" if r["measure"] == "cr" else "volume_mm3",
+                                     roi=r["roi"], hemi=r["hemi"], value=r["value"]))
+                elif method is not None and r["measure"] == "cr":
+                    rows.append(dict(stat=stat, method=method, roi=r["roi"], hemi=r["hemi"], value=r["value"]))
+    return rows
+
+
+def native_and_template(out: Path, sub: str, ses: str, acq_type: str, meas: pd.DataFrame) -> list[dict]:
+    """All variants in native NM space, and mode/default-method CR in template space."""
+    f = session_files(out, sub, ses, acq_type)
+    table = pd.read_csv(f["atlas_table"], sep="\t")
+    cov = coverage_of(meas[(meas.participant_id == sub) & (meas.session_id == ses)], acq_type)
+    nii = nb.load(str(f["nm"]))
+    nm = np.asanyarray(nii.dataobj).astype(np.float32)
+    dseg = np.asanyarray(nb.load(str(f["dseg"])).dataobj).astype(int)
+    vox = float(np.prod(nii.header.get_zooms()[:3]))
+    rows = [dict(space="native", **r) for r in
+            measure_variants(nm, dseg, table, cov, acq_type, vox, _inferior_first(nii))]
+    tnii = nb.load(str(f["nm_tpl"]))
+    tnm = np.asanyarray(tnii.dataobj).astype(np.float32)
+    crmap = np.asanyarray(nb.load(str(f["crmap"])).dataobj)
+    tnm = np.where(np.isfinite(crmap), tnm, np.nan)  # outside the slab: n/a
+    atlas = np.asanyarray(nb.load(str(f["atlas"])).dataobj).astype(int)
+    if atlas.shape != tnm.shape:
+        raise ValueError(f"template atlas {atlas.shape} and template NM {tnm.shape} differ")
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(atlas))  # the atlas's extent
+    tnm, atlas = tnm[box], atlas[box]
+    tvox = float(np.prod(tnii.header.get_zooms()[:3]))
+    rows += [dict(space="template", **r) for r in
+             measure_variants(tnm, atlas, table, cov, acq_type, tvox, _inferior_first(tnii),
+                              stats=("mode",), methods=("roi_mean", "threshold"))]
+    return [dict(sub=sub, ses=ses, acq_type=acq_type, **r) for r in rows]
+
+
+def lc_localisation(out: Path, root: Path, sub: str, ses: str, acq: dict) -> list[dict]:
+    """Centroid of the LC voxels the pipeline finds (threshold-passing voxels of the LC ROI
+    in native NM space) against the centroid of the truth LC label, per hemisphere (mm)."""
+    acq_type = acq["acq_type"]
+    profile = PROFILES[acq_type]
+    f = session_files(out, sub, ses, acq_type)
+    table = pd.read_csv(f["atlas_table"], sep="\t")
+    nii = nb.load(str(f["nm"]))
+    nm = np.asanyarray(nii.dataobj).astype(np.float32)
+    dseg = np.asanyarray(nb.load(str(f["dseg"])).dataobj).astype(int)
+    ref_idx = table.loc[table.roi == profile.references["LC"], "index"]
+    ref_vals = nm[np.isin(dseg, ref_idx)]
+    ref = m.reference_value(ref_vals, "mode", min_voxels=profile.min_voxels)
+    sd = float(np.nanstd(ref_vals, ddof=1)) if ref_vals.size > 1 else float("nan")
+    tnii = nb.load(str(Path(root) / acq["truth_dseg"]))
+    tdseg = np.asanyarray(tnii.dataobj).astype(int)
+    rows = []
+    for hemi, label in (("L", 5), ("R", 6)):
+        idx = table.loc[(table.roi == "LC") & (table.hemi == hemi), "index"]
+        roi = np.isin(dseg, idx)
+        found = roi.copy()
+        found[roi] = m.threshold_mask(nm[roi], ref, sd, profile.threshold_k)
+        c_found = centroid_mm(found, nii.affine)
+        c_roi = centroid_mm(roi, nii.affine)
+        c_true = centroid_mm(tdseg == label, tnii.affine)
+        rows.append(dict(sub=sub, ses=ses, acq_type=acq_type, hemi=hemi, n_found=int(found.sum()),
+                         error_mm=float(np.linalg.norm(c_found - c_true)),
+                         search_region_error_mm=float(np.linalg.norm(c_roi - c_true)),
+                         dx=float(c_found[0] - c_true[0]), dy=float(c_found[1] - c_true[1]),
+                         dz=float(c_found[2] - c_true[2])))
+    return rows
+
+
+def misregistration(out: Path, sub: str, ses: str, acq_type: str, meas: pd.DataFrame,
+                    shifts_mm=(0.0, 1.0, 2.0, 3.0)) -> list[dict]:
+    """Default CR after adding a translation of each size along x, y and z (ANTs physical
+    space) to the NM -> T1w rigid: the atlas is pulled into NM space through the shifted
+    transform (``nmbids.registration.pull_atlas_to_nm``) and measured again (mode reference,
+    the profile's methods). Shift 0 also reports how many voxels of the written ROI image it
+    reproduces (``same_labels``)."""
+    import ants
+
+    from nmbids.registration import pull_atlas_to_nm
+
+    f = session_files(out, sub, ses, acq_type)
+    table = pd.read_csv(f["atlas_table"], sep="\t")
+    cov = coverage_of(meas[(meas.participant_id == sub) & (meas.session_id == ses)], acq_type)
+    nm_img = ants.image_read(str(f["nm"]))
+    atlas = ants.image_read(str(f["atlas"]))
+    xfm = {"affine": str(f["affine"]), "warp": str(f["warp"]), "invwarp": str(f["invwarp"])}
+    rigid = ants.read_transform(str(f["rigid"]))
+    base = np.asarray(rigid.parameters, float)
+    nii = nb.load(str(f["nm"]))
+    nm = np.asanyarray(nii.dataobj).astype(np.float32)
+    written = np.asanyarray(nb.load(str(f["dseg"])).dataobj).astype(int)
+    vox = float(np.prod(nii.header.get_zooms()[:3]))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in shifts_mm:
+            dirs = {"none": np.zeros(3)} if size == 0 else shift_directions()
+            for name, unit in dirs.items():
+                tx = ants.read_transform(str(f["rigid"]))
+                tx.set_parameters(shifted_rigid(base, unit * size))
+                path = str(Path(tmp) / f"rigid_{name}_{size:g}.mat")
+                ants.write_transform(tx, path)
+                dseg = pull_atlas_to_nm(atlas, nm_img, xfm, path).numpy().astype(int)
+                same = float(np.mean(dseg == written)) if size == 0 else float("nan")
+                res, _ = quantify(nm, dseg, table, cov, PROFILES[acq_type], "mode", vox,
+                                  slice_axis=2, inferior_first=_inferior_first(nii))
+                for r in res:
+                    if r["measure"] == "cr" and r["roi"] in TARGETS and r["hemi"] in ("L", "R"):
+                        rows.append(dict(sub=sub, ses=ses, acq_type=acq_type, shift_mm=size,
+                                         direction=name, roi=r["roi"], hemi=r["hemi"], value=r["value"],
+                                         same_labels=same))
+    return rows
+
+
+def truth_table(truth: dict) -> pd.DataFrame:
+    """True CR/MTR/volume by sub, ses, acq_type, roi, hemi (for joining re-measured values)."""
+    rows = []
+    for sub, ses, a in truth_acqs(truth):
+        for roi in TARGETS:
+            for hemi in ("L", "R", "bilateral"):
+                rows.append(dict(sub=sub, ses=ses, acq_type=a["acq_type"], roi=roi, hemi=hemi,
+                                 true_cr=a.get("cr", {}).get(roi, {}).get(hemi, np.nan),
+                                 true_volume=a.get("volume_mm3", {}).get(roi, {}).get(hemi, np.nan)))
+    return pd.DataFrame(rows)
+
+
+def load_truth(root: Path) -> dict:
+    return json.loads((Path(root) / "truth.json").read_text())

@@ -1,0 +1,113 @@
+"""The statistics of benchmarks/validate.py (pure functions; fast)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from validation import report  # noqa: E402
+from validation import stats as st  # noqa: E402
+
+
+def test_recovery_of_a_known_line():
+    true = np.array([0.1, 0.15, 0.2, 0.25, 0.3])
+    est = 0.8 * true + 0.01
+    r = st.recovery(est, true)
+    assert r["slope"] == pytest.approx(0.8) and r["intercept"] == pytest.approx(0.01)
+    assert r["r"] == pytest.approx(1.0)
+    assert r["bias"] == pytest.approx(np.mean(est - true))
+    assert r["n"] == 5 and r["n_missing"] == 0
+
+
+def test_recovery_drops_missing_and_refuses_too_few():
+    r = st.recovery([0.1, np.nan, 0.3, 0.2], [0.1, 0.2, 0.3, 0.25])
+    assert r["n"] == 3 and r["n_missing"] == 1
+    assert r["bias"] == pytest.approx((0 + 0 - 0.05) / 3)
+    r2 = st.recovery([0.1, 0.2], [0.1, 0.2])
+    assert np.isnan(r2["slope"]) and np.isnan(r2["r"]) and r2["bias"] == 0
+    assert np.isnan(st.recovery([np.nan], [0.1])["bias"])
+
+
+def test_min_detectable_d_matches_textbook_values():
+    # Cohen (1988): d = 0.5 needs 64 per group for 80 % power at alpha 0.05 (two-sided)
+    assert st.min_detectable_d(64) == pytest.approx(0.5, abs=0.01)
+    assert st.min_detectable_d(20) == pytest.approx(0.906, abs=0.01)
+    assert st.min_detectable_d(50) < st.min_detectable_d(20)
+
+
+def test_attenuation_by_reliability():
+    assert st.true_d_needed(0.5, 0.25) == pytest.approx(1.0)
+    assert st.true_d_needed(0.5, 1.0) == pytest.approx(0.5)
+    assert np.isnan(st.true_d_needed(0.5, 0.0)) and np.isnan(st.true_d_needed(0.5, np.nan))
+
+
+def test_centroid_uses_the_affine():
+    mask = np.zeros((5, 5, 5), bool)
+    mask[1, 2, 3] = mask[3, 2, 3] = True
+    aff = np.diag([2.0, 1.0, 0.5, 1.0])
+    aff[:3, 3] = [-10, 0, 5]
+    assert st.centroid_mm(mask, aff) == pytest.approx([-6.0, 2.0, 6.5])
+    assert np.isnan(st.centroid_mm(np.zeros((2, 2, 2), bool), aff)).all()
+
+
+def test_shifted_rigid_moves_every_point_by_delta():
+    rot = np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]])
+    params = np.r_[rot.ravel(), [1.0, 2.0, 3.0]]
+    new = st.shifted_rigid(params, [0.0, 0.0, 2.0])
+    assert np.allclose(new[:9], params[:9]) and np.allclose(new[9:], [1, 2, 5])
+    assert np.allclose(params[9:], [1, 2, 3])  # input untouched
+    with pytest.raises(ValueError):
+        st.shifted_rigid(np.zeros(6), [0, 0, 1])
+    for d in st.shift_directions().values():
+        assert np.linalg.norm(d) == pytest.approx(1.0)
+
+
+def test_recommend_keeps_default_within_tolerance_and_switches_beyond():
+    s = {"mode": {"r": 0.95, "icc": 0.90, "bias": -0.03}, "median": {"r": 0.955, "icc": 0.90, "bias": -0.01}}
+    assert st.recommend(s, "mode")["best"] == "mode"  # 0.0025 better: noise
+    s["median"]["icc"] = 0.96
+    rec = st.recommend(s, "mode")
+    assert rec["best"] == "median" and not rec["keep_default"]
+    assert rec["score"]["median"] == pytest.approx((0.955 + 0.96) / 2)
+    # among near-ties the smallest |bias| wins; NaN scores are ignored
+    s = {"a": {"r": 0.9, "bias": 0.05}, "b": {"r": 0.905, "bias": 0.0}, "c": {"r": np.nan}, "d": {"r": 0.5}}
+    assert st.recommend(s, "d")["best"] == "b"
+    rec = st.recommend({"x": {"r": np.nan}}, "x")
+    assert rec["best"] == "x" and rec["keep_default"] and rec["none_good"]
+    # no choice tracks the truth: keep the default rather than crown the least bad
+    rec = st.recommend({"a": {"r": -0.3}, "b": {"r": 0.2}}, "a")
+    assert rec["best"] == "a" and rec["none_good"]
+
+
+def test_sd_total_adds_age_variance():
+    assert st.sd_total(0.02, 0.0, (20, 70)) == pytest.approx(0.02)
+    assert st.sd_total(0.0, 0.001, (20, 70)) == pytest.approx(0.05 / 12 ** 0.5)
+    assert st.sd_total(0.02, 0.001, (20, 70)) == pytest.approx(0.0247, abs=1e-4)
+
+
+def test_icc_of_pivots_sessions():
+    rng = np.random.default_rng(0)
+    subj = rng.normal(0.2, 0.03, 10)
+    rows = [dict(sub=f"s{i}", ses=ses, value=subj[i] + rng.normal(0, 0.003))
+            for i in range(10) for ses in ("ses-1", "ses-2")]
+    icc, n = report.icc_of(pd.DataFrame(rows))
+    assert n == 10 and icc > 0.95
+    rows = [dict(sub=f"s{i}", ses=ses, value=rng.normal(0.2, 0.03)) for i in range(10) for ses in ("ses-1", "ses-2")]
+    assert report.icc_of(pd.DataFrame(rows))[0] < 0.7
+
+
+def test_misreg_table_changes_are_against_shift_zero():
+    rows = []
+    for shift, add in ((0.0, 0.0), (1.0, -0.01), (2.0, -0.03)):
+        for hemi in ("L", "R"):
+            rows.append(dict(sub="sub-01", ses="n/a", acq_type="GREMT", roi="SN", hemi=hemi, shift_mm=shift,
+                             direction="x", value=0.2 + add + (0.01 if hemi == "L" else 0), true_cr=0.2))
+    t = report.misreg_table(pd.DataFrame(rows)).set_index("shift_mm")
+    assert t.loc[0.0, "mean_abs_change"] == 0
+    assert t.loc[1.0, "mean_change"] == pytest.approx(-0.01)
+    assert t.loc[2.0, "mean_abs_change"] == pytest.approx(0.03)
