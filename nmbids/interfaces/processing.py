@@ -173,6 +173,8 @@ class _QuantInputSpec(BaseInterfaceInputSpec):
     template = traits.Str(mandatory=True)
     acq_type = traits.Str(mandatory=True)
     ref_stat = traits.Enum("mode", "median", "mean", usedefault=True)
+    profile = traits.Str(desc="the acquisition profile as text: part of nipype's cache key, so that "
+                              "a changed profile re-runs the measures instead of reusing old ones")
 
 
 class _QuantOutputSpec(TraitedSpec):

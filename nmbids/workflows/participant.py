@@ -13,6 +13,7 @@ from pathlib import Path
 
 from nipype.pipeline import engine as pe
 
+from ..acquisitions import PROFILES
 from ..interfaces.processing import AnatToTemplate, BiasCorrectT1w, CoregNM, PrepareNM, QuantifyNM
 
 
@@ -52,7 +53,8 @@ def init_participant_wf(participant: str, plans, *, work_dir: Path, template: st
                 prep.inputs.mt_off = nm.mt_off
             coreg = pe.Node(CoregNM(), name=names["coreg"])
             quant = pe.Node(QuantifyNM(atlas=str(atlas), atlas_table=str(atlas_table), template=template,
-                                       acq_type=nm.acq_type, ref_stat=ref_stat), name=names["quantify"])
+                                       acq_type=nm.acq_type, ref_stat=ref_stat,
+                                       profile=repr(PROFILES[nm.acq_type])), name=names["quantify"])
             wf.connect([
                 (prep, coreg, [("nm_preproc", "nm")]),
                 (t1w, coreg, [("t1w_preproc", "t1w")]),
