@@ -353,7 +353,11 @@ def _configure_nipype(log_dir: Path, options) -> None:
         "execution": {"crashdump_dir": str(log_dir), "crashfile_format": "txt",
                       "stop_on_first_crash": bool(options.stop_on_first_crash),
                       "remove_unnecessary_outputs": False, "check_version": False,
-                      "create_report": False, "write_provenance": False},
+                      "create_report": False, "write_provenance": False,
+                      # the scheduler loop sleeps this long between checks: 2 s (nipype's
+                      # default) cost about 4 s per participant; keep it for batch plugins,
+                      # whose checks query the cluster
+                      "poll_sleep_duration": 2 if options.use_plugin else 0.2},
         "monitoring": {"enabled": False},
     })
     nlogging.update_logging(config)
