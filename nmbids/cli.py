@@ -258,7 +258,7 @@ def _reports_only(args) -> int:
     if not subs:
         raise NmbidsError("no participant outputs to build reports from", code=EXIT_NO_INPUT)
     for s in subs:
-        path = generate_participant_report(args.output_dir, s)
+        path = generate_participant_report(args.output_dir, s, n_procs=args.nprocs or os.cpu_count() or 1)
         LOG.info("report: %s", path)
     return EXIT_OK
 

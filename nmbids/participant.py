@@ -158,7 +158,7 @@ def run_participant(participant: str, plans: list[SessionPlan], *, bids_dir: Pat
     atomic_write_json(log_dir / "summary.json", summary)
     try:
         from .reports.participant import generate_participant_report
-        generate_participant_report(Path(output_dir), participant)
+        generate_participant_report(Path(output_dir), participant, n_procs=options.nprocs or 1)
     except Exception:  # a report must never cost the participant its results
         crash = log_dir / "crash-report.txt"
         crash.write_text(traceback.format_exc())

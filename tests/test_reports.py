@@ -273,6 +273,19 @@ def test_report_written_atomically_with_all_figures(report):
         assert expected in names, expected
 
 
+def test_figures_drawn_in_parallel_match_serial(report, pristine, tmp_path):
+    """Two drawing processes give the same page and the same figures as one."""
+    root, _, text = report
+    par = _copy(pristine, tmp_path)
+    par_text = generate_participant_report(par, "01", n_procs=2).read_text(encoding="utf-8")
+    assert par_text == text
+    serial = sorted(p.relative_to(root) for p in (root / "sub-01" / "figures").iterdir())
+    parallel = sorted(p.relative_to(par) for p in (par / "sub-01" / "figures").iterdir())
+    assert parallel == serial and len(serial) >= 12
+    for rel in serial:  # same drawing, so the same bytes (SVG metadata has no date)
+        assert (par / rel).read_bytes() == (root / rel).read_bytes(), rel
+
+
 def test_measures_table_rendered_as_written(report):
     root, _, text = report
     tsv = (root / "sub-01" / "anat" / "sub-01_desc-nm_measures.tsv").read_text().splitlines()

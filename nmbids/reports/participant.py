@@ -195,7 +195,7 @@ def _labels(output_dir: Path, space: str | None) -> tuple[dict, str | None]:
 
 
 class _Builder:
-    """Collects everything the template needs; draws figures as it goes."""
+    """Collects everything the template needs; figures are queued and drawn at the end."""
 
     def __init__(self, output_dir: Path, label: str):
         self.root = output_dir
@@ -203,6 +203,7 @@ class _Builder:
         self.sub_dir = output_dir / self.sub
         self.fig_dir = self.sub_dir / "figures"
         self.notes: list[str] = []
+        self.queue: list[tuple[Figure, Path, Callable[[Path], Any]]] = []
 
     # ---- figures
     def figure(self, title: str, caption: str, name: str, inputs: list[Path],
@@ -210,15 +211,52 @@ class _Builder:
         out = self.fig_dir / safe_name(name)
         fig = Figure(title, caption, anchor=safe_name(Path(name).stem), light=light)
         fig.missing = [_rel(p, self.root) for p in inputs if not p.is_file()]
-        if fig.missing:
-            return fig
-        try:
-            draw(out)
-            fig.src = _rel(out, self.root)
-        except Exception as exc:  # a bad file must not take the report down
-            LOG.warning("report figure %s failed: %s", out.name, exc, exc_info=LOG.isEnabledFor(logging.DEBUG))
-            fig.error = f"{type(exc).__name__}: {exc}"
+        if not fig.missing:
+            self.queue.append((fig, out, draw))
         return fig
+
+    def draw_all(self, n_procs: int = 1) -> None:
+        """Draw the queued figures, ``n_procs`` at a time (each one reads its own files)."""
+        global _QUEUE
+        _QUEUE = self.queue
+        try:
+            if n_procs > 1 and len(self.queue) > 1 and _can_fork():
+                import multiprocessing
+
+                # fork: the workers inherit the queue (its drawing closures cannot be pickled)
+                with multiprocessing.get_context("fork").Pool(min(n_procs, len(self.queue))) as pool:
+                    errors = pool.map(_draw_one, range(len(self.queue)), chunksize=1)
+            else:
+                errors = [_draw_one(i) for i in range(len(self.queue))]
+        finally:
+            _QUEUE = []
+        for (fig, out, _), error in zip(self.queue, errors):
+            if error is None:
+                fig.src = _rel(out, self.root)
+            else:
+                fig.error = error
+        self.queue = []
+
+
+_QUEUE: list = []
+
+
+def _can_fork() -> bool:
+    import multiprocessing
+
+    # a daemonic process (a worker of a process pool) may not have children
+    return "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
+
+
+def _draw_one(i: int) -> str | None:
+    """Draw figure ``i`` of the queue; the error text, or None when it was written."""
+    fig, out, draw = _QUEUE[i]
+    try:
+        draw(out)
+        return None
+    except Exception as exc:  # a bad file must not take the report down
+        LOG.warning("report figure %s failed: %s", out.name, exc, exc_info=LOG.isEnabledFor(logging.DEBUG))
+        return f"{type(exc).__name__}: {exc}"
 
 
 def _figures():
@@ -241,11 +279,12 @@ def _template(name: str | None):
 
 
 # --------------------------------------------------------------------------- main
-def generate_participant_report(output_dir: Path, participant_label: str) -> Path:
+def generate_participant_report(output_dir: Path, participant_label: str, n_procs: int = 1) -> Path:
     """Build ``sub-<label>/figures/*.svg`` from the derivatives on disk and write
     ``OUTPUT_DIR/sub-<label>.html`` atomically. Returns the HTML path.
 
-    Never raises on a missing derivative: the section shows what is missing instead.
+    The figures are drawn ``n_procs`` at a time. Never raises on a missing derivative: the
+    section shows what is missing instead.
     """
     output_dir = Path(output_dir)
     label = str(participant_label)
@@ -254,6 +293,7 @@ def generate_participant_report(output_dir: Path, participant_label: str) -> Pat
         raise ValueError(f"invalid participant label {participant_label!r}")
     b = _Builder(output_dir, label)
     context = _build(b)
+    b.draw_all(n_procs)
     html = render("participant.html", context)
     return atomic_write_text(output_dir / f"{b.sub}.html", html)
 
@@ -516,7 +556,9 @@ def _source(b: _Builder, S: str, anat: Path, t1w: Path, info: dict, space: str |
             f"{fm.CR_DISPLAY[0]} to {fm.CR_DISPLAY[1]} (values beyond are clipped); the white line "
             "outlines where the map is defined (the slab).",
             f"{P}_space-{space or 'template'}_desc-crmap_NM.svg", [crmap, bg],
-            lambda out: fm.template_map(bg, crmap, out, "contrast ratio (unitless)", "inferno", fm.CR_DISPLAY)))
+            # bound now: ``bg`` is reused below and the figure is drawn later
+            lambda out, g=bg, c=crmap: fm.template_map(g, c, out, "contrast ratio (unitless)", "inferno",
+                                                        fm.CR_DISPLAY)))
     else:
         view.figures.append(Figure("Contrast-ratio map (template space)", "", anchor=safe_name(f"{P}_crmap"),
                                    missing=[f"{_rel(anat, b.root)}/{P}_space-{space or '<space>'}_crmap.nii.gz"]))
