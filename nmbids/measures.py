@@ -131,6 +131,36 @@ def cr_threshold(values: ArrayLike, ref: float, ref_sd: float, k: float = 3.0,
     return float(np.mean(cr)) if np.all(np.isfinite(cr)) else NAN
 
 
+def n_top_voxels(volume_mm3: float, voxel_volume_mm3: float, min_voxels: int = MIN_VOXELS) -> int:
+    """Number of voxels that make up ``volume_mm3``: max(min_voxels, round(V / v_voxel))."""
+    if not (volume_mm3 > 0 and voxel_volume_mm3 > 0):
+        raise ValueError("volume_mm3 and voxel_volume_mm3 must be > 0")
+    return max(int(min_voxels), int(round(volume_mm3 / voxel_volume_mm3)))
+
+
+def cr_top_volume(values: ArrayLike, ref: float, volume_mm3: float, voxel_volume_mm3: float,
+                  min_voxels: int = MIN_VOXELS) -> float:
+    """Mean contrast ratio of the brightest voxels that together make up ``volume_mm3``.
+
+    With n = n_top_voxels(V, v_voxel) and I_(1) >= I_(2) >= ... the ROI intensities sorted
+    from the brightest: CR = mean over j <= n of (I_(j) - ref) / ref, unitless.
+
+    Why a fixed volume rather than a threshold: every voxel over ref + k·sd counts in
+    ``cr_threshold``, so a brighter nucleus lifts more of its partial-volume rim over the
+    threshold and its mean is pulled down; differences between subjects are compressed
+    (slope 0.33 against the truth on the phantom). The same number of brightest voxels in
+    every subject does not depend on the contrast it measures. Choose V below the volume of
+    the nucleus, so that the voxels are inside it. Non-finite voxels are ignored; NaN when
+    fewer than n finite voxels remain or when ref is NaN or <= 0.
+    """
+    arr = _finite(values)
+    n = n_top_voxels(volume_mm3, voxel_volume_mm3, min_voxels)
+    if arr.size < n or not np.isfinite(ref) or ref <= 0:
+        return NAN
+    top = np.partition(arr, arr.size - n)[arr.size - n:]
+    return float(np.mean(contrast_ratio(top, ref)))
+
+
 def cnr(values: ArrayLike, ref_values: ArrayLike, min_voxels: int = MIN_VOXELS) -> float:
     """Contrast-to-noise ratio CNR = (mean(I) - mean(R)) / sd(R), unitless.
 

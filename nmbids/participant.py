@@ -437,6 +437,7 @@ def _plugin(options) -> dict:
 
 def measures_dictionary(ref_stat: str) -> dict:
     """The JSON data dictionary of the measures table: every column and every measure."""
+    top_volume = PROFILES["GREMT"].top_volume_mm3  # the same for every profile that uses it
     return {
         "participant_id": {"Description": "participant label, with 'sub-'"},
         "session_id": {"Description": "session label with 'ses-', or n/a when the dataset has no sessions"},
@@ -470,6 +471,8 @@ def measures_dictionary(ref_stat: str) -> dict:
                  "fraction": "0 to 1", "percent": "percent", "a.u.": "arbitrary image units"}},
         "method": {"Description": "how the value was made", "Levels": {
             "threshold": "mean CR of the voxels above ref(R) + k*sd(R) (k in the threshold_k<k> label)",
+            "top_volume": f"mean CR of the brightest ROI voxels that make up {top_volume:g} mm3 per side "
+                          f"({2 * top_volume:g} mm3 for bilateral): the same volume in every subject",
             "roi_mean": "mean over the whole ROI", "max_per_slice":
             "per slice, the mean of the 3 brightest ROI voxels against the slice's reference; averaged",
             "template_roi_in_slab": "template ROI voxels covered by the slab / all ROI voxels",

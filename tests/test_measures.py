@@ -112,6 +112,43 @@ def test_cr_threshold():
     assert m.cr_threshold(vals, 100, 10, min_voxels=2) == pytest.approx(0.45)
 
 
+def test_n_top_voxels():
+    # 50 mm3 of 0.8 x 0.8 x 2 mm voxels (1.28 mm3): 39.06 -> 39
+    assert m.n_top_voxels(50, 1.28) == 39
+    assert m.n_top_voxels(4, 2.0) == 5  # never fewer than min_voxels
+    assert m.n_top_voxels(4, 2.0, min_voxels=1) == 2
+    with pytest.raises(ValueError):
+        m.n_top_voxels(0, 1.0)
+
+
+def test_cr_top_volume():
+    vals = [90, 100, 110, 120, 130, 140, 150, 160, nan]
+    # 10 mm3 of 2 mm3 voxels = 5 voxels: 120..160 -> CRs 0.2, 0.3, 0.4, 0.5, 0.6 -> mean 0.4
+    assert m.cr_top_volume(vals, 100, 10, 2.0) == pytest.approx(0.4)
+    # 6 voxels (12 mm3): add 110 -> (0.1 + 2.0) / 6 = 0.35
+    assert m.cr_top_volume(vals, 100, 12, 2.0) == pytest.approx(0.35)
+    # order of the voxels does not matter
+    assert m.cr_top_volume(vals[::-1], 100, 10, 2.0) == pytest.approx(0.4)
+    # 8 finite voxels, 9 asked for -> n/a; no usable reference -> n/a
+    assert math.isnan(m.cr_top_volume(vals, 100, 18, 2.0))
+    assert math.isnan(m.cr_top_volume(vals, nan, 10, 2.0))
+    assert math.isnan(m.cr_top_volume(vals, 0, 10, 2.0))
+
+
+def test_top_volume_tracks_contrast_where_threshold_compresses_it():
+    """A nucleus with a partial-volume rim: the fixed volume of brightest voxels follows
+    the nucleus contrast one to one, the threshold mean does not (the reason for the default)."""
+    def roi(cr):
+        core = np.full(40, 100 * (1 + cr))  # 40 full voxels of 1 mm3
+        rim = 100 * (1 + cr * np.linspace(0.05, 0.95, 60))  # partial volume
+        return np.concatenate([core, rim, np.full(200, 100.0)])
+    low, high = 0.10, 0.30
+    top = [m.cr_top_volume(roi(c), 100, 30, 1.0) for c in (low, high)]
+    thr = [m.cr_threshold(roi(c), 100, 2.0, k=3) for c in (low, high)]
+    assert top == pytest.approx([low, high])
+    assert (thr[1] - thr[0]) / (high - low) < 0.85  # compressed
+
+
 def test_volume_mm3():
     mask = np.zeros((3, 3), dtype=bool)
     mask[0, :] = True

@@ -1,4 +1,6 @@
 """quantify: which voxels each measure sees, against hand-computed values."""
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -33,8 +35,17 @@ def test_quantify_sn_by_hand():
     assert refs["CC"]["value"] == pytest.approx(100.0)
     assert refs["CC"]["sd"] == pytest.approx(np.sqrt(16 / 5))
     # threshold 100 + 3*1.789 = 105.4: the five 130 voxels pass -> CR 0.30, volume 5*2 mm3
-    assert _value(rows, "SN", "L", "cr") == pytest.approx(0.30)
     assert _value(rows, "SN", "L", "cr_threshold") == pytest.approx(0.30)
+    # default cr (top_volume, 50 mm3 = 25 voxels of 2 mm3): the ROI has 8 voxels -> n/a
+    assert profile.cr_method["SN"] == "top_volume"
+    assert _value(rows, "SN", "L", "cr") is None
+    # 10 mm3 = the five brightest voxels (130) -> 0.30; 12 mm3 = six -> (5*0.3 + 0) / 6
+    for volume, expected in ((10.0, 0.30), (12.0, 0.25)):
+        small = dataclasses.replace(profile, top_volume_mm3=volume)
+        r, _ = quantify(nm, dseg, TABLE, coverage, small, "median", voxel_volume=2.0)
+        assert _value(r, "SN", "L", "cr") == pytest.approx(expected)
+        assert next(x for x in r if x["roi"] == "SN" and x["hemi"] == "L" and x["measure"] == "cr")["method"] \
+            == "top_volume"
     assert _value(rows, "SN", "L", "volume_mm3") == pytest.approx(10.0)
     # ROI mean: (5*130 + 3*100)/8 = 118.75 -> 0.1875
     assert _value(rows, "SN", "L", "cr_roimean") == pytest.approx(0.1875)

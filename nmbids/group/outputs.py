@@ -150,7 +150,7 @@ MEASURE_COLUMNS_DOC = {
     "measure": {"Description": "Measure name (see the participant-level data dictionary and docs/outputs.md)."},
     "value": {"Description": "The value of the measure; n/a when it could not be measured honestly."},
     "unit": {"Description": "Unit of value: ratio, mm3, fraction, percent or a.u."},
-    "method": {"Description": "How the value was made (roi_mean, threshold, max_per_slice, ...)."},
+    "method": {"Description": "How the value was made (top_volume, threshold, roi_mean, max_per_slice, ...; see the participant measures dictionary)."},
     "reference": {"Description": "Reference region (CC, PT) or n/a."},
     "ref_stat": {"Description": "Reference statistic: mode, median or mean, or n/a."},
 }
