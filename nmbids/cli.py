@@ -30,9 +30,9 @@ LOG = logging.getLogger("nmbids")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     # before anything imports matplotlib: a writable config folder even on a read-only HOME
-    from .reports.figures import _configure_matplotlib
+    from .mplconfig import configure_matplotlib_env
 
-    _configure_matplotlib()
+    configure_matplotlib_env()
     _setup_console(args.verbose)  # errors before the log file exists (bad paths) look the same
     try:
         return run(args, argv if argv is not None else sys.argv[1:])

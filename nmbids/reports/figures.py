@@ -11,29 +11,18 @@ temporary folder when it is unset or not writable, so a read-only ``HOME`` works
 from __future__ import annotations
 
 import io
-import os
-import stat
 import sys
-import tempfile
 import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from ..mplconfig import configure_matplotlib_env
+
 
 def _configure_matplotlib() -> None:
     """Agg backend and a writable config/cache folder that is never under ``~``."""
-    cfg = os.environ.get("MPLCONFIGDIR")
-    if not cfg or not _writable_dir(Path(cfg)):
-        base = Path(tempfile.gettempdir()) / f"nmbids-mpl-{os.getuid()}"
-        try:
-            base.mkdir(mode=0o700, exist_ok=True)
-            st = base.lstat()
-            ok = stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and _writable_dir(base)
-        except OSError:
-            ok = False
-        os.environ["MPLCONFIGDIR"] = str(base) if ok else tempfile.mkdtemp(prefix="nmbids-mpl-")
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    configure_matplotlib_env()
     import matplotlib
 
     if "matplotlib.pyplot" not in sys.modules:
@@ -43,14 +32,6 @@ def _configure_matplotlib() -> None:
 
         if matplotlib.get_backend().lower() != "agg":
             plt.switch_backend("Agg")
-
-
-def _writable_dir(path: Path) -> bool:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(path, os.W_OK | os.X_OK)
 
 
 _configure_matplotlib()
