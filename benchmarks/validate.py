@@ -46,7 +46,7 @@ CONDITIONS = {
     "slice_mm": [("1.5", dict(nm_slice=1.5, nm_slices=27)), ("2", {}), ("3", dict(nm_slice=3.0, nm_slices=13))],
     "motion_mm": [("0.3", dict(motion_mm=0.3, motion_deg=0.3)), ("1", {}), ("2", dict(motion_mm=2.0, motion_deg=2.0))],
 }
-FULL = dict(n_baseline=4, n_condition=3, n_icc=8, conditions=CONDITIONS)
+FULL = dict(n_baseline=4, n_condition=3, n_icc=12, conditions=CONDITIONS)
 QUICK = dict(n_baseline=1, n_condition=1, n_icc=3,
              conditions={"snr": [("15", dict(snr=15.0)), ("25", {})]})
 SEED_BASE, SEED_ICC = 100, 200
@@ -104,7 +104,7 @@ def run_cohort(name: str, kwargs: dict, root: Path, quality: str, nprocs: int) -
 def analyse(root: Path, names: dict, results: Path, plan: dict) -> None:
     """Every table the document needs, into ``results``."""
     results.mkdir(parents=True, exist_ok=True)
-    all_pairs, lc, variants, misreg = [], [], [], []
+    all_pairs, lc, variants, misreg, oracle = [], [], [], [], []
     for name in names:
         d = root / name
         truth = measure.load_truth(d)
@@ -120,6 +120,8 @@ def analyse(root: Path, names: dict, results: Path, plan: dict) -> None:
                     lc += [dict(cohort=name, **r) for r in measure.lc_localisation(d / "out", d, sub, ses, a)]
                     variants += [dict(cohort=name, **r) for r in
                                  measure.native_and_template(d / "out", sub, ses, a["acq_type"], meas)]
+                if name == "icc" and a["acq_type"] == "GREMT":
+                    oracle += [dict(cohort=name, **r) for r in measure.oracle_cr(d / "out", d, sub, ses, a, meas)]
                 if name == "baseline" and a["acq_type"] in ("GREMT", "FSE"):
                     misreg += [dict(cohort=name, **r) for r in
                                measure.misregistration(d / "out", sub, ses, a["acq_type"], meas)]
@@ -129,6 +131,7 @@ def analyse(root: Path, names: dict, results: Path, plan: dict) -> None:
     pairs = pd.concat(all_pairs, ignore_index=True)
     pairs.to_csv(results / "pairs.tsv", sep="\t", index=False)
     pd.DataFrame(lc).to_csv(results / "lc_localisation.tsv", sep="\t", index=False)
+    pd.DataFrame(oracle).to_csv(results / "oracle.tsv", sep="\t", index=False)
     truth_tabs = []
     for name in ("baseline", "icc"):
         t = measure.truth_table(measure.load_truth(root / name))

@@ -23,7 +23,7 @@ ACQ_LABEL = {"GREMT": "NM", "FSE": "FSE", "MTR": "MTR"}
 TARGETS = ("SN", "VTA", "LC")
 TRUTH_KEY = {"cr": "cr", "cr_roimean": "cr", "cr_threshold": "cr", "mtr": "mtr",
              "mtr_threshold": "mtr", "volume_mm3": "volume_mm3"}
-METHODS = ("roi_mean", "threshold", "max_per_slice")
+METHODS = ("roi_mean", "threshold", "top_volume", "max_per_slice")
 STATS = ("mode", "median", "mean")
 
 
@@ -163,8 +163,34 @@ def native_and_template(out: Path, sub: str, ses: str, acq_type: str, meas: pd.D
     tvox = float(np.prod(tnii.header.get_zooms()[:3]))
     rows += [dict(space="template", **r) for r in
              measure_variants(tnm, atlas, table, cov, acq_type, tvox, _inferior_first(tnii),
-                              stats=("mode",), methods=("roi_mean", "threshold"))]
+                              stats=("mode",), methods=("roi_mean", "threshold", "top_volume"))]
     return [dict(sub=sub, ses=ses, acq_type=acq_type, **r) for r in rows]
+
+
+def oracle_cr(out: Path, root: Path, sub: str, ses: str, acq: dict, meas: pd.DataFrame,
+              core: float = 0.9) -> list[dict]:
+    """CR of the true nucleus: the mean over the voxels that the truth puts at least ``core``
+    inside the nucleus (``*_desc-truth_probseg``, on the native NM grid), against the
+    reference value the pipeline wrote. What a perfect ROI would measure on the same
+    images: the ceiling of any ROI method, set by noise, bias field and partial volume."""
+    f = session_files(out, sub, ses, acq["acq_type"])
+    profile = PROFILES[acq["acq_type"]]
+    nm = np.asanyarray(nb.load(str(f["nm"])).dataobj).astype(np.float32)
+    prob = np.asanyarray(nb.load(str(Path(root) / acq["truth_probseg"])).dataobj)
+    if prob.shape[:3] != nm.shape:
+        raise ValueError(f"truth probseg {prob.shape[:3]} and NM {nm.shape} grids differ")
+    mine = meas[(meas.participant_id == sub) & (meas.session_id == ses) & (meas.acq_type == acq["acq_type"])
+                & (meas.measure == "reference_value")]
+    refs = {r.roi: float(r.value) for r in mine.itertuples()}
+    rows = []
+    for k, roi in enumerate(TARGETS):
+        ref = refs.get(profile.references[roi], np.nan)
+        masks = {"L": prob[..., 2 * k] >= core, "R": prob[..., 2 * k + 1] >= core}
+        masks["bilateral"] = masks["L"] | masks["R"]
+        for hemi, mask in masks.items():
+            rows.append(dict(sub=sub, ses=ses, acq_type=acq["acq_type"], roi=roi, hemi=hemi,
+                             n_voxels=int(mask.sum()), value=m.cr_roimean(nm[mask], ref)))
+    return rows
 
 
 def lc_localisation(out: Path, root: Path, sub: str, ses: str, acq: dict) -> list[dict]:
