@@ -110,7 +110,7 @@ class PrepareNM(SimpleInterface):
 
     def _run_interface(self, runtime):
         ants = _ants()
-        from ..registration import n4_field, realign_repeats, resample_sharp, rigid
+        from ..registration import n4_field, realign_repeats, rigid
 
         repeats = []
         for f in self.inputs.in_files:
@@ -130,8 +130,7 @@ class PrepareNM(SimpleInterface):
             if off.dimension == 4:
                 off = ants.ndimage_to_list(off)[0]
             reg = rigid(mean, off, os.path.join(runtime.cwd, "off_"))
-            off_r = resample_sharp(mean, off, reg["fwdtransforms"])
-            off_c = off_r.new_image_like((off_r.numpy() / field).astype(np.float32))
+            off_c = reg["warpedmovout"].new_image_like((reg["warpedmovout"].numpy() / field).astype(np.float32))
             off_path = os.path.join(runtime.cwd, "mt_off_preproc.nii.gz")
             off_c.to_file(off_path)
             self._results["mt_off_preproc"] = off_path
