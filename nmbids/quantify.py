@@ -76,8 +76,7 @@ def quantify(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage: di
             default = {"threshold": cr_thr, "roi_mean": cr_roi}.get(method)
             if method == "top_volume":  # a fixed volume per side: twice as much for both sides
                 volume = profile.top_volume_mm3 * (2 if hemi == "bilateral" else 1)
-                default = m.cr_top_volume(values, ref, volume, voxel_volume, profile.min_voxels) \
-                    if values.size else np.nan
+                default = m.cr_top_volume(values, ref, volume, voxel_volume, profile.min_voxels)
             elif method == "max_per_slice":
                 default = _slice_max(nm, masks, roi, hemi, ref_roi, ref_stat, profile, slice_axis,
                                      inferior_first, row, measurable)

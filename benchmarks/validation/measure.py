@@ -171,8 +171,9 @@ def oracle_cr(out: Path, root: Path, sub: str, ses: str, acq: dict, meas: pd.Dat
               core: float = 0.9) -> list[dict]:
     """CR of the true nucleus: the mean over the voxels that the truth puts at least ``core``
     inside the nucleus (``*_desc-truth_probseg``, on the native NM grid), against the
-    reference value the pipeline wrote. What a perfect ROI would measure on the same
-    images: the ceiling of any ROI method, set by noise, bias field and partial volume."""
+    reference value the pipeline wrote. What a perfect ROI would measure on the same images
+    with the same reference: what the images themselves (noise, bias field, partial volume)
+    leave of the reliability."""
     f = session_files(out, sub, ses, acq["acq_type"])
     profile = PROFILES[acq["acq_type"]]
     nm = np.asanyarray(nb.load(str(f["nm"])).dataobj).astype(np.float32)

@@ -108,7 +108,7 @@ def volume_table(pairs: pd.DataFrame) -> pd.DataFrame:
 
 
 def icc_table(pairs: pd.DataFrame, oracle: pd.DataFrame) -> pd.DataFrame:
-    """ICC(2,1) of the default ``cr`` and, beside it, of the CR of the true nucleus (the ceiling)."""
+    """ICC(2,1) of the default ``cr`` and, beside it, of the CR of the true nucleus (``oracle_cr``)."""
     c = pairs[(pairs.cohort == "icc") & (pairs.acq_type == "GREMT") & (pairs.measure == "cr")]
     rows = []
     for roi in ROIS:

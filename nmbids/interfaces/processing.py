@@ -37,9 +37,7 @@ class BiasCorrectT1w(SimpleInterface):
 
     def _run_interface(self, runtime):
         ants = _ants()
-        from ..registration import n4
-
-        from ..registration import shrink_for
+        from ..registration import n4, shrink_for
 
         out = os.path.join(runtime.cwd, "t1w_preproc.nii.gz")
         t1w = ants.image_read(self.inputs.t1w, dimension=3)
@@ -262,7 +260,7 @@ class QuantifyNM(SimpleInterface):
         ants.from_numpy(cr_arr, origin=template.origin, spacing=template.spacing,
                         direction=template.direction).to_file(out["crmap"])
         nm_tpl[~slab_tpl] = 0
-        ants.from_numpy(np.nan_to_num(nm_tpl), origin=template.origin, spacing=template.spacing,
+        ants.from_numpy(nm_tpl, origin=template.origin, spacing=template.spacing,
                         direction=template.direction).to_file(out["nm_template"])
         if mtr_arr is not None:
             for name, arr in (("mtr", mtr_arr), ("mte", enh_arr)):

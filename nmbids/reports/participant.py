@@ -250,7 +250,7 @@ def _can_fork() -> bool:
 
 def _draw_one(i: int) -> str | None:
     """Draw figure ``i`` of the queue; the error text, or None when it was written."""
-    fig, out, draw = _QUEUE[i]
+    _, out, draw = _QUEUE[i]
     try:
         draw(out)
         return None
