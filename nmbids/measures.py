@@ -19,8 +19,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import gaussian_kde
 
+from .acquisitions import DEFAULT_REF_STAT, REF_STATS  # noqa: F401 (re-exported)
+
 MIN_VOXELS = 5
-REF_STATS = ("mode", "median", "mean")
 # Points of the grid on which the kernel density is evaluated to find the mode.
 KDE_GRID_POINTS = 512
 NAN = float("nan")
@@ -37,7 +38,7 @@ def _sd(values: np.ndarray) -> float:
     return float(np.std(values, ddof=1))
 
 
-def reference_value(values: ArrayLike, stat: str = "mode",
+def reference_value(values: ArrayLike, stat: str = DEFAULT_REF_STAT,
                     min_voxels: int = MIN_VOXELS) -> float:
     """Summary intensity ref(R) of the reference region R.
 

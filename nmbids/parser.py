@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from . import __version__
+from .acquisitions import DEFAULT_REF_STAT, REF_STATS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--atlas", type=Path, metavar="DSEG",
                    help="a user ROI label image in the template space, with a TSV beside it "
                         "(same name, .tsv) with columns index, name, roi, hemi, kind")
-    g.add_argument("--ref-stat", choices=("mode", "median", "mean"), default="mode",
-                   help="statistic of the reference region for contrast ratios")
+    g.add_argument("--ref-stat", choices=REF_STATS, default=DEFAULT_REF_STAT,
+                   help=f"statistic of the reference region for contrast ratios (default: {DEFAULT_REF_STAT})")
     g.add_argument("--registration-quality", choices=("default", "fast"), default="default",
                    help="'fast' registers at lower resolution (tests and quick looks)")
     g.add_argument("--reports-only", action="store_true",

@@ -108,7 +108,7 @@ class PrepareNM(SimpleInterface):
 
     def _run_interface(self, runtime):
         ants = _ants()
-        from ..registration import n4_field, realign_repeats, rigid
+        from ..registration import n4_field, realign_repeats, resample_repeat, rigid
 
         repeats = []
         for f in self.inputs.in_files:
@@ -128,7 +128,8 @@ class PrepareNM(SimpleInterface):
             if off.dimension == 4:
                 off = ants.ndimage_to_list(off)[0]
             reg = rigid(mean, off, os.path.join(runtime.cwd, "off_"))
-            off_c = reg["warpedmovout"].new_image_like((reg["warpedmovout"].numpy() / field).astype(np.float32))
+            off_r = resample_repeat(mean, off, reg["fwdtransforms"])
+            off_c = off_r.new_image_like((off_r.numpy() / field).astype(np.float32))
             off_path = os.path.join(runtime.cwd, "mt_off_preproc.nii.gz")
             off_c.to_file(off_path)
             self._results["mt_off_preproc"] = off_path
@@ -175,7 +176,7 @@ class _QuantInputSpec(BaseInterfaceInputSpec):
     atlas_table = File(exists=True, mandatory=True)
     template = traits.Str(mandatory=True)
     acq_type = traits.Str(mandatory=True)
-    ref_stat = traits.Enum("mode", "median", "mean", usedefault=True)
+    ref_stat = traits.Enum("median", "mode", "mean", usedefault=True)
     profile = traits.Str(desc="the acquisition profile as text: part of nipype's cache key, so that "
                               "a changed profile re-runs the measures instead of reusing old ones")
 
