@@ -172,8 +172,9 @@ def resample_repeat(fixed: ants.ANTsImage, moving: ants.ANTsImage, transforms: l
     changes from session to session. On the test-retest phantom (12 subjects, 2 sessions,
     true nucleus, true reference) the ICC of SN CR of the averaged repeats was 0.81 with
     linear and 0.87 with B-spline resampling; a windowed sinc (0.83) rang at the edge of
-    thin FSE slabs (SN CR 0.20 for a truth of 0.13), B-spline did not. Magnitude images are
-    non-negative: the spline's undershoot at edges is clipped.
+    thin FSE slabs (true-nucleus CR of a resampled FSE repeat 0.20 for a truth of 0.13),
+    B-spline did not. Magnitude images are non-negative: the spline's undershoot at edges
+    is clipped.
     """
     out = ants.apply_transforms(fixed=fixed, moving=moving, transformlist=transforms, interpolator="bSpline")
     return out.new_image_like(np.clip(out.numpy(), 0.0, None).astype(np.float32))

@@ -111,3 +111,12 @@ def test_misreg_table_changes_are_against_shift_zero():
     assert t.loc[0.0, "mean_abs_change"] == 0
     assert t.loc[1.0, "mean_change"] == pytest.approx(-0.01)
     assert t.loc[2.0, "mean_abs_change"] == pytest.approx(0.03)
+
+
+def test_recommend_never_prefers_a_choice_that_leaves_values_missing():
+    s = {"threshold": {"r": 0.92, "icc": 0.42, "n_missing": 0},
+         "max_per_slice": {"r": 0.79, "icc": 0.77, "n_missing": 4}}  # better score on half the subjects
+    rec = st.recommend(s, "threshold")
+    assert rec["best"] == "threshold" and rec["keep_default"]
+    s["max_per_slice"]["n_missing"] = 0
+    assert st.recommend(s, "threshold")["best"] == "max_per_slice"

@@ -141,7 +141,7 @@ def measure_variants(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, cove
 
 
 def native_and_template(out: Path, sub: str, ses: str, acq_type: str, meas: pd.DataFrame) -> list[dict]:
-    """All variants in native NM space, and mode/default-method CR in template space."""
+    """All variants in native NM space, and default-statistic/default-method CR in template space."""
     f = session_files(out, sub, ses, acq_type)
     table = pd.read_csv(f["atlas_table"], sep="\t")
     cov = coverage_of(meas[(meas.participant_id == sub) & (meas.session_id == ses)], acq_type)
@@ -163,7 +163,7 @@ def native_and_template(out: Path, sub: str, ses: str, acq_type: str, meas: pd.D
     tvox = float(np.prod(tnii.header.get_zooms()[:3]))
     rows += [dict(space="template", **r) for r in
              measure_variants(tnm, atlas, table, cov, acq_type, tvox, _inferior_first(tnii),
-                              stats=("mode",), methods=("roi_mean", "threshold", "top_volume"))]
+                              stats=(m.DEFAULT_REF_STAT,), methods=("roi_mean", "threshold", "top_volume"))]
     return [dict(sub=sub, ses=ses, acq_type=acq_type, **r) for r in rows]
 
 
@@ -206,7 +206,7 @@ def lc_localisation(out: Path, root: Path, sub: str, ses: str, acq: dict) -> lis
     dseg = np.asanyarray(nb.load(str(f["dseg"])).dataobj).astype(int)
     ref_idx = table.loc[table.roi == profile.references["LC"], "index"]
     ref_vals = nm[np.isin(dseg, ref_idx)]
-    ref = m.reference_value(ref_vals, "mode", min_voxels=profile.min_voxels)
+    ref = m.reference_value(ref_vals, m.DEFAULT_REF_STAT, min_voxels=profile.min_voxels)
     sd = float(np.nanstd(ref_vals, ddof=1)) if ref_vals.size > 1 else float("nan")
     tnii = nb.load(str(Path(root) / acq["truth_dseg"]))
     tdseg = np.asanyarray(tnii.dataobj).astype(int)
@@ -231,7 +231,7 @@ def misregistration(out: Path, sub: str, ses: str, acq_type: str, meas: pd.DataF
                     shifts_mm=(0.0, 1.0, 2.0, 3.0)) -> list[dict]:
     """Default CR after adding a translation of each size along x, y and z (ANTs physical
     space) to the NM -> T1w rigid: the atlas is pulled into NM space through the shifted
-    transform (``nmbids.registration.pull_atlas_to_nm``) and measured again (mode reference,
+    transform (``nmbids.registration.pull_atlas_to_nm``) and measured again (default reference statistic,
     the profile's methods). Shift 0 also reports how many voxels of the written ROI image it
     reproduces (``same_labels``)."""
     import ants
@@ -261,7 +261,7 @@ def misregistration(out: Path, sub: str, ses: str, acq_type: str, meas: pd.DataF
                 ants.write_transform(tx, path)
                 dseg = pull_atlas_to_nm(atlas, nm_img, xfm, path).numpy().astype(int)
                 same = float(np.mean(dseg == written)) if size == 0 else float("nan")
-                res, _ = quantify(nm, dseg, table, cov, PROFILES[acq_type], "mode", vox,
+                res, _ = quantify(nm, dseg, table, cov, PROFILES[acq_type], m.DEFAULT_REF_STAT, vox,
                                   slice_axis=2, inferior_first=_inferior_first(nii))
                 for r in res:
                     if r["measure"] == "cr" and r["roi"] in TARGETS and r["hemi"] in ("L", "R"):

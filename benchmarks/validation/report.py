@@ -141,38 +141,40 @@ def choice_tables(v: pd.DataFrame, meta: dict) -> dict:
     # reference statistic: GRE-MT (and FSE) with the profile's default method, native space
     rows, recs = [], []
     for acq in ("GREMT", "FSE"):
+        per = {stat: {roi: variant_scores(v, acq, roi, stat, "default", "native") for roi in ROIS}
+               for stat in ("mode", "median", "mean")}
+        rows += [dict(acquisition=ACQ_NAME[acq], roi=roi, ref_stat=stat, **s)
+                 for stat, by_roi in per.items() for roi, s in by_roi.items()]
+        # a ROI that tracks the truth under no statistic (r < 0.5) does not vote
+        voting = [roi for roi in ROIS if np.nanmax([per[stat][roi]["r"] for stat in per] + [-1.0]) >= 0.5] or ROIS
         agg = {}
-        for stat in ("mode", "median", "mean"):
-            per = []
-            for roi in ROIS:
-                s = variant_scores(v, acq, roi, stat, "default", "native")
-                rows.append(dict(acquisition=ACQ_NAME[acq], roi=roi, ref_stat=stat, **s))
-                per.append(s)
-            agg[stat] = {k: float(np.nanmean([p[k] for p in per])) if any(np.isfinite(p[k]) for p in per)
+        for stat, by_roi in per.items():
+            sel = [by_roi[roi] for roi in voting]
+            agg[stat] = {k: float(np.nanmean([p[k] for p in sel])) if any(np.isfinite(p[k]) for p in sel)
                          else float("nan") for k in ("r", "icc")}
-            agg[stat]["bias"] = float(np.nanmean([abs(p["bias"]) for p in per]))
-        recs.append(dict(acquisition=ACQ_NAME[acq], default=defaults["ref_stat"],
+            agg[stat]["bias"] = float(np.nanmean([abs(p["bias"]) for p in sel]))
+        recs.append(dict(acquisition=ACQ_NAME[acq], default=defaults["ref_stat"], voting=voting,
                          **st.recommend(agg, defaults["ref_stat"])))
     out["ref_stat"] = (pd.DataFrame(rows), recs)
-    # CR method per acquisition and ROI (mode reference)
+    # CR method per acquisition and ROI (default reference statistic)
     rows, recs = [], []
     for acq in ("GREMT", "FSE"):
         for roi in ROIS:
             sc = {}
             for method in METHODS:
-                s = variant_scores(v, acq, roi, "mode", method, "native")
+                s = variant_scores(v, acq, roi, defaults["ref_stat"], method, "native")
                 rows.append(dict(acquisition=ACQ_NAME[acq], roi=roi, method=method, **s))
                 sc[method] = s
             default = defaults["cr_method"][acq][roi]
             recs.append(dict(acquisition=ACQ_NAME[acq], roi=roi, default=default, **st.recommend(sc, default)))
     out["method"] = (pd.DataFrame(rows), recs)
-    # native vs template space (mode, profile's default method)
+    # native vs template space (default reference statistic and method)
     rows, recs = [], []
     for acq in ("GREMT", "FSE"):
         for roi in ROIS:
             sc = {}
             for space in ("native", "template"):
-                s = variant_scores(v, acq, roi, "mode", "default", space)
+                s = variant_scores(v, acq, roi, defaults["ref_stat"], "default", space)
                 rows.append(dict(acquisition=ACQ_NAME[acq], roi=roi, space=space, **s))
                 sc[space] = s
             recs.append(dict(acquisition=ACQ_NAME[acq], roi=roi, default="native", **st.recommend(sc, "native")))
@@ -313,6 +315,9 @@ def fig_misreg(mt: pd.DataFrame, path: Path) -> None:
 # ----------------------------------------------------------------------------- document
 def _rec_text(rec: dict, what: str) -> str:
     sc = ", ".join(f"{k} {fmt(v, 3)}" for k, v in rec["score"].items())
+    left_out = [roi for roi in ROIS if "voting" in rec and roi not in rec["voting"]]
+    if left_out:
+        sc += f"; {', '.join(left_out)} left out: r < 0.5 whichever the choice"
     if rec.get("none_good"):
         return f"{what}: no choice tracks the truth (score {sc}); the default {rec['default']} stays."
     if rec["keep_default"]:
@@ -503,9 +508,14 @@ def render(meta: dict, t: dict, ch: dict, lc: pd.DataFrame, mr: pd.DataFrame) ->
         L.append("Measuring in template space is not yet an option of the pipeline (the measures are made "
                  "on the native NM grid, the template-space rows above were computed by this script from the "
                  "written template-space images): where the table recommends it, the change is still to make.\n")
-    if any(k == "method" and r["acquisition"] == "FSE" and r.get("roi") == "LC" for k, r in changes):
-        L.append("FSE LC keeps the slice-wise method whatever its score: it gives the rostral, middle and "
+    if any(k == "method" and r.get("roi") == "LC" for k, r in changes):
+        L.append("LC keeps the slice-wise method whatever its score: it gives the rostral, middle and "
                  "caudal thirds that the LC literature reports, which a volume of the brightest voxels does not.\n")
+
+    fixes = Path(__file__).with_name("fixes.md")
+    if fixes.is_file():
+        L.append("## Fixes made from this validation\n")
+        L.append(fixes.read_text().strip() + "\n")
 
     L.append("## Power\n")
     L.append("Smallest group difference detected with 80 % power (two-sided t-test, α = 0.05, equal groups; "

@@ -95,16 +95,19 @@ def recommend(scores: dict[str, dict], default: str, tol: float = TOLERANCE, min
     (test-retest; higher is better) and ``bias``. A choice's score is the mean of its finite
     ``r`` and ``icc``. The default is kept unless another choice beats it by more than ``tol``
     (differences within ``tol`` are noise on a few subjects); among choices within ``tol`` of
-    the best, the smallest |bias| wins. When no choice reaches ``min_score`` none tracks the truth
-    and the default is kept (``"none_good": True``). Returns ``{"best", "keep_default",
-    "none_good", "score": {name: s}}``.
+    the best, the smallest |bias| wins. A choice that leaves more values missing (``n_missing``)
+    than the default cannot replace it: its score is computed on the subjects it could measure.
+    When no choice reaches ``min_score`` none tracks the truth and the default is kept
+    (``"none_good": True``). Returns ``{"best", "keep_default", "none_good", "score": {name: s}}``.
     """
     score = {}
     for name, s in scores.items():
         vals = [s.get(k, NAN) for k in ("r", "icc")]
         vals = [v for v in vals if v is not None and np.isfinite(v)]
         score[name] = float(np.mean(vals)) if vals else NAN
-    finite = {k: v for k, v in score.items() if np.isfinite(v)}
+    allowed = scores.get(default, {}).get("n_missing", 0) or 0
+    finite = {k: v for k, v in score.items() if np.isfinite(v)
+              and (k == default or (scores[k].get("n_missing", 0) or 0) <= allowed)}
     top = max(finite.values()) if finite else NAN
     if not finite or top < min_score:
         return {"best": default, "keep_default": True, "none_good": True, "score": score}
