@@ -11,9 +11,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 import traceback
-import uuid
 from pathlib import Path
 
 # Never contact the network at run time: nipype's version check and telemetry are off.
@@ -25,7 +23,6 @@ from . import __version__  # noqa: E402
 from .errors import (EXIT_CANTCREAT, EXIT_DATA, EXIT_FAILURE, EXIT_IOERR, EXIT_NO_FILES,  # noqa: E402
                      EXIT_NO_INPUT, EXIT_OK, EXIT_UNKNOWN_LEVEL, EXIT_USAGE, EXIT_VALIDATION, NmbidsError)
 from .parser import build_parser  # noqa: E402
-from .workerpool import LOG_FORMAT, LogFile  # noqa: E402
 
 LOG = logging.getLogger("nmbids")
 
@@ -62,6 +59,13 @@ def io_error_line(err: OSError, participant: str | None = None) -> str:
         f"{what}I/O error: {err.strerror or err}; no partial file was left in its place"
 
 
+class _LogFile(logging.FileHandler):
+    """A log file that cannot be written (disk full) must not print tracebacks on the console."""
+
+    def handleError(self, record):
+        pass
+
+
 def _setup_console(verbose: int) -> None:
     """Console: one-line messages (warnings and above, info with -v)."""
     LOG.setLevel(logging.DEBUG)
@@ -78,9 +82,9 @@ def _setup_logging(output_dir: Path, run_id: str) -> Path:
     log_dir = output_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     logfile = log_dir / f"nmbids_{run_id}.log"
-    fh = LogFile(logfile)
+    fh = _LogFile(logfile)
     fh.setLevel(logging.DEBUG)
-    fh.setFormatter(logging.Formatter(LOG_FORMAT))
+    fh.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     LOG.addHandler(fh)
     LOG.logfile = logfile
     return logfile
@@ -123,29 +127,16 @@ def run(args, argv) -> int:
         print(f"nmbids: error: unknown analysis level {level!r} (use 'participant' or 'group')", file=sys.stderr)
         return EXIT_UNKNOWN_LEVEL
     _check_paths(args)
-    run_id = time.strftime("%Y%m%d-%H%M%S") + "_" + uuid.uuid4().hex[:8]
+    from .participant import new_run_id
+
+    run_id = new_run_id()
     logfile = _setup_logging(args.output_dir, run_id)
     command = "nmbids " + " ".join(shlex.quote(str(a)) for a in argv)
     LOG.info("nmbids %s, run %s; log: %s", __version__, run_id, logfile)
     LOG.debug("command: %s", command)
     if level == "group":
         return _group(args)
-    _worker_environment(args, logfile)
     return _participant(args, run_id, command)
-
-
-def _worker_environment(args, logfile: Path) -> None:
-    """Threads per process, and the fork server of the workers (see ``workerpool``), before
-    the participant level imports its modules: the server imports ANTsPy meanwhile."""
-    args.nprocs = args.nprocs or os.cpu_count() or 1
-    omp = args.omp_nthreads or min(args.nprocs, 8)
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(omp)
-    os.environ.setdefault("OMP_NUM_THREADS", str(omp))
-    args.mp_context = None
-    if args.nprocs > 1 and not args.use_plugin and not args.reports_only:  # MultiProc
-        from .workerpool import start_fork_server
-
-        args.mp_context = start_fork_server(logfile)
 
 
 def _validate(bids_dir: Path) -> None:
@@ -201,6 +192,11 @@ def _participant(args, run_id: str, command: str) -> int:
         read_plugin_file(args.use_plugin)
     if not args.skip_bids_validation:
         _validate(args.bids_dir)
+    nprocs = args.nprocs or os.cpu_count() or 1
+    args.nprocs = nprocs
+    omp = args.omp_nthreads or min(nprocs, 8)
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(omp)
+    os.environ.setdefault("OMP_NUM_THREADS", str(omp))
 
     labels = [strip_prefix(lbl, "sub-") for lbl in args.participant_label or []]
     sessions = [check_label(strip_prefix(s, "ses-"), "session") for s in args.session_label or []]

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,6 @@ from .outputs import (anat_dir, atomic_copy, atomic_write_json, atomic_write_tsv
                       remove_stale_temporaries)
 from .quantify import MEASURE_COLUMNS
 from .reports.warnings import COVERAGE_MIN, MOTION_MAX_MM, NM2T1W_SIMILARITY_MIN, SNR_MIN
-from .workerpool import route_nipype_logs
 from .workflows.participant import init_participant_wf, node_dir, node_names
 
 LOG = logging.getLogger("nmbids")
@@ -36,6 +36,10 @@ LOG = logging.getLogger("nmbids")
 QC_COLUMNS = ["participant_id", "session_id", "source", "acq_type", "n_repeats", "motion_mean_mm",
               "motion_max_mm", "snr", "nm2t1w_similarity", "t1w2template_similarity",
               "coverage_SN", "coverage_VTA", "coverage_LC", "flags"]
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "_" + uuid.uuid4().hex[:8]
 
 
 @dataclass
@@ -358,8 +362,10 @@ def _configure_nipype(log_dir: Path, options) -> None:
     })
     nlogging.update_logging(config)
     # nipype prints node crashes with tracebacks to the console: route them to our log file only
-    # (the workers of the fork server do the same, see workerpool)
-    route_nipype_logs([h for h in logging.getLogger("nmbids").handlers if isinstance(h, logging.FileHandler)])
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        lg = logging.getLogger(name)
+        lg.handlers = [h for h in logging.getLogger("nmbids").handlers if isinstance(h, logging.FileHandler)]
+        lg.propagate = False
 
 
 PLUGIN_KEYS = {"plugin", "plugin_args"}
@@ -424,8 +430,6 @@ def _plugin(options) -> dict:
     if nprocs <= 1:
         return {"plugin": "Linear"}
     args = {"n_procs": nprocs, "raise_insufficient": False}
-    if getattr(options, "mp_context", None):
-        args["mp_context"] = options.mp_context
     if options.mem:
         args["memory_gb"] = options.mem
     return {"plugin": "MultiProc", "plugin_args": args}
