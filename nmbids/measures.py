@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import gaussian_kde
 
-from .acquisitions import DEFAULT_REF_STAT, REF_STATS  # noqa: F401 (re-exported)
+from .acquisitions import DEFAULT_REF_STAT, REF_STATS
 
 MIN_VOXELS = 5
 # Points of the grid on which the kernel density is evaluated to find the mode.

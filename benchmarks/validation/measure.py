@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from nmbids import measures as m
-from nmbids.acquisitions import PROFILES
+from nmbids.acquisitions import DEFAULT_REF_STAT, PROFILES, REF_STATS
 from nmbids.quantify import quantify
 
 from .stats import centroid_mm, shift_directions, shifted_rigid
@@ -24,7 +24,6 @@ TARGETS = ("SN", "VTA", "LC")
 TRUTH_KEY = {"cr": "cr", "cr_roimean": "cr", "cr_threshold": "cr", "mtr": "mtr",
              "mtr_threshold": "mtr", "volume_mm3": "volume_mm3"}
 METHODS = ("roi_mean", "threshold", "top_volume", "max_per_slice")
-STATS = ("mode", "median", "mean")
 
 
 def read_table(path) -> pd.DataFrame:
@@ -119,7 +118,7 @@ def _profile(acq_type: str, method: str | None):
 
 def measure_variants(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage: dict,
                      acq_type: str, voxel_volume: float, inferior_first: bool,
-                     stats=STATS, methods=METHODS) -> list[dict]:
+                     stats=REF_STATS, methods=METHODS) -> list[dict]:
     """CR of every target ROI and hemisphere for each reference statistic and CR method,
     computed by ``nmbids.quantify.quantify`` with the acquisition's profile (the method
     swapped in).  Rows: stat, method, roi, hemi, value (also ``default`` rows: the profile's
@@ -163,7 +162,7 @@ def native_and_template(out: Path, sub: str, ses: str, acq_type: str, meas: pd.D
     tvox = float(np.prod(tnii.header.get_zooms()[:3]))
     rows += [dict(space="template", **r) for r in
              measure_variants(tnm, atlas, table, cov, acq_type, tvox, _inferior_first(tnii),
-                              stats=(m.DEFAULT_REF_STAT,), methods=("roi_mean", "threshold", "top_volume"))]
+                              stats=(DEFAULT_REF_STAT,), methods=("roi_mean", "threshold", "top_volume"))]
     return [dict(sub=sub, ses=ses, acq_type=acq_type, **r) for r in rows]
 
 
@@ -206,7 +205,7 @@ def lc_localisation(out: Path, root: Path, sub: str, ses: str, acq: dict) -> lis
     dseg = np.asanyarray(nb.load(str(f["dseg"])).dataobj).astype(int)
     ref_idx = table.loc[table.roi == profile.references["LC"], "index"]
     ref_vals = nm[np.isin(dseg, ref_idx)]
-    ref = m.reference_value(ref_vals, m.DEFAULT_REF_STAT, min_voxels=profile.min_voxels)
+    ref = m.reference_value(ref_vals, DEFAULT_REF_STAT, min_voxels=profile.min_voxels)
     sd = float(np.nanstd(ref_vals, ddof=1)) if ref_vals.size > 1 else float("nan")
     tnii = nb.load(str(Path(root) / acq["truth_dseg"]))
     tdseg = np.asanyarray(tnii.dataobj).astype(int)
@@ -261,7 +260,7 @@ def misregistration(out: Path, sub: str, ses: str, acq_type: str, meas: pd.DataF
                 ants.write_transform(tx, path)
                 dseg = pull_atlas_to_nm(atlas, nm_img, xfm, path).numpy().astype(int)
                 same = float(np.mean(dseg == written)) if size == 0 else float("nan")
-                res, _ = quantify(nm, dseg, table, cov, PROFILES[acq_type], m.DEFAULT_REF_STAT, vox,
+                res, _ = quantify(nm, dseg, table, cov, PROFILES[acq_type], DEFAULT_REF_STAT, vox,
                                   slice_axis=2, inferior_first=_inferior_first(nii))
                 for r in res:
                     if r["measure"] == "cr" and r["roi"] in TARGETS and r["hemi"] in ("L", "R"):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nmbids.acquisitions import REF_STATS
 from nmbids.measures import icc_2_1
 
 from . import stats as st
@@ -142,7 +143,7 @@ def choice_tables(v: pd.DataFrame, meta: dict) -> dict:
     rows, recs = [], []
     for acq in ("GREMT", "FSE"):
         per = {stat: {roi: variant_scores(v, acq, roi, stat, "default", "native") for roi in ROIS}
-               for stat in ("mode", "median", "mean")}
+               for stat in REF_STATS}
         rows += [dict(acquisition=ACQ_NAME[acq], roi=roi, ref_stat=stat, **s)
                  for stat, by_roi in per.items() for roi, s in by_roi.items()]
         # a ROI that tracks the truth under no statistic (r < 0.5) does not vote
@@ -541,7 +542,8 @@ def render(meta: dict, t: dict, ch: dict, lc: pd.DataFrame, mr: pd.DataFrame) ->
         same = mr[mr.shift_mm == 0].same_labels
         L.append("The NM→T1w rigid of each baseline subject is shifted by 1, 2 and 3 mm along x, y and z in "
                  "turn (ANTs physical space); the atlas is pulled into NM space through the shifted transform "
-                 "(`nmbids.registration.pull_atlas_to_nm`) and CR measured again (mode, the profile's methods). "
+                 "(`nmbids.registration.pull_atlas_to_nm`) and CR measured again (the default reference "
+                 f"statistic, {meta['defaults']['ref_stat']}, and the profile's methods). "
                  f"At shift 0 this reproduces {fmt(100 * float(same.mean()), 2)} % of the voxel labels the "
                  "pipeline wrote. Change is against shift 0, averaged over directions, subjects and hemispheres.\n")
         L.append("![misregistration](validation/misregistration.png)\n")

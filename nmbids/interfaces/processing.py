@@ -13,6 +13,8 @@ import numpy as np
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject, SimpleInterface,
                                     TraitedSpec, isdefined, traits)
 
+from ..acquisitions import REF_STATS
+
 
 def _ants():
     import ants  # imported in the worker: nipype may run nodes in other processes
@@ -176,7 +178,7 @@ class _QuantInputSpec(BaseInterfaceInputSpec):
     atlas_table = File(exists=True, mandatory=True)
     template = traits.Str(mandatory=True)
     acq_type = traits.Str(mandatory=True)
-    ref_stat = traits.Enum("median", "mode", "mean", usedefault=True)
+    ref_stat = traits.Enum(*REF_STATS, mandatory=True)
     profile = traits.Str(desc="the acquisition profile as text: part of nipype's cache key, so that "
                               "a changed profile re-runs the measures instead of reusing old ones")
 
