@@ -477,6 +477,11 @@ def measures_dictionary(ref_stat: str) -> dict:
             "per slice, the mean of the 3 brightest ROI voxels against the slice's reference; averaged",
             "template_roi_in_slab": "template ROI voxels covered by the slab / all ROI voxels",
             "reference": "statistic of the reference region"}},
+        "space": {"Description": "where the value was measured", "Levels": {
+            "native": "on the NM image's own grid, with the template's regions pulled onto it",
+            "template": "on the NM image resampled to the output template, with the template's regions "
+                        "and reference regions (the acquisition profile's choice for the VTA); coverage "
+                        "is always measured there"}},
         "reference": {"Description": "reference region of the value (CC, PT) or n/a"},
         "ref_stat": {"Description": "statistic of the reference region: mode (Gaussian kernel density "
                                     "estimate), median or mean"},

@@ -5,6 +5,8 @@ each measure sees (ROI, hemisphere, reference region) according to the acquisiti
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -12,7 +14,7 @@ from . import measures as m
 from .acquisitions import AcquisitionProfile
 
 MEASURE_COLUMNS = ["participant_id", "session_id", "source", "acq_type", "roi", "hemi", "measure",
-                   "value", "unit", "method", "reference", "ref_stat"]
+                   "value", "unit", "method", "space", "reference", "ref_stat"]
 HEMIS = ("L", "R", "bilateral")
 
 
@@ -29,22 +31,63 @@ def region_masks(dseg: np.ndarray, table: pd.DataFrame) -> dict:
     return masks
 
 
+@dataclass
+class Grid:
+    """An NM image, the region labels on the same grid, and what the measures need of the grid.
+
+    NaN voxels of ``image`` are left out of every measure (outside the slab, fluid)."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    voxel_volume: float  # mm³
+    inferior_first: bool = True  # the third axis runs inferior → superior (slice order)
+
+
+def measure(native: Grid, template: Grid | None, table: pd.DataFrame, coverage: dict,
+            profile: AcquisitionProfile, ref_stat: str) -> tuple[list[dict], dict]:
+    """The rows of every target ROI, each measured in the space its profile names
+    (``profile.space_of``): on the native NM grid, or on the NM image in template space
+    with the template's regions (``template``, needed only when a ROI is measured there).
+
+    Returns ``(rows, refs)`` like ``quantify``; the reference rows and ``refs`` are the
+    native ones (template-space ROIs use the template's reference regions, not repeated).
+    """
+    spaces = {roi: profile.space_of(roi) for roi in profile.references}
+    rows, refs = quantify(native.image, native.labels, table, coverage, profile, ref_stat, native.voxel_volume,
+                          inferior_first=native.inferior_first,
+                          rois=[r for r, s in spaces.items() if s == "native"])
+    in_template = [r for r, s in spaces.items() if s == "template"]
+    if in_template:
+        if template is None:
+            raise ValueError(f"{profile.name}: {', '.join(in_template)} are measured in template space; "
+                             "no template-space image was given")
+        trows, _ = quantify(template.image, template.labels, table, coverage, profile, ref_stat,
+                            template.voxel_volume, inferior_first=template.inferior_first,
+                            rois=in_template, space="template")
+        rows += [r for r in trows if r["measure"] != "reference_value"]
+    return rows, refs
+
+
 def quantify(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage: dict,
              profile: AcquisitionProfile, ref_stat: str, voxel_volume: float,
-             slice_axis: int = 2, inferior_first: bool = True) -> tuple[list[dict], dict]:
-    """Measure every target ROI of ``profile`` on the NM image ``nm``.
+             slice_axis: int = 2, inferior_first: bool = True, rois=None,
+             space: str = "native") -> tuple[list[dict], dict]:
+    """Measure the target ROIs ``rois`` of ``profile`` (default: all) on the NM image ``nm``.
 
-    ``coverage`` maps ``(roi, hemi)`` to the fraction of the template ROI inside the slab.
-    Returns ``(rows, refs)``: rows without the identifying columns, and the reference
-    values by region name (for the voxelwise map and QC).
+    ``dseg`` labels ``nm``'s grid; voxels of ``nm`` that are NaN are left out of every
+    measure. ``coverage`` maps ``(roi, hemi)`` to the fraction of the template ROI inside
+    the slab. ``space`` ("native" or "template") is written in the rows. Returns
+    ``(rows, refs)``: rows without the identifying columns (the reference regions' rows
+    first), and the reference values by region name (for the voxelwise map and QC).
     """
     masks = region_masks(dseg, table)
     rows, refs = [], {}
+    targets = {roi: ref for roi, ref in profile.references.items() if rois is None or roi in rois}
 
-    def row(roi, hemi, measure, value, unit, method="n/a", reference="n/a", stat="n/a"):
+    def row(roi, hemi, measure, value, unit, method="n/a", reference="n/a", stat="n/a", where=space):
         value = float(value) if value is not None and np.isfinite(value) else None
         rows.append(dict(roi=roi, hemi=hemi, measure=measure, value=value, unit=unit,
-                         method=method, reference=reference, ref_stat=stat))
+                         method=method, space=where, reference=reference, ref_stat=stat))
 
     # Reference regions: pooled over both sides (a per-side reference would fold slab
     # tilt and bias into the left-right difference).
@@ -55,11 +98,11 @@ def quantify(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage: di
         refs[ref_roi] = {"value": ref, "sd": sd, "n": int(np.isfinite(values).sum()), "values": values}
         row(ref_roi, "bilateral", "reference_value", ref, "a.u.", "reference", "n/a", ref_stat)
 
-    for roi, ref_roi in profile.references.items():
+    for roi, ref_roi in targets.items():
         ref, ref_sd, ref_values = refs[ref_roi]["value"], refs[ref_roi]["sd"], refs[ref_roi]["values"]
         for hemi in HEMIS:
             cov = coverage.get((roi, hemi), float("nan"))
-            row(roi, hemi, "coverage", cov, "fraction", "template_roi_in_slab")
+            row(roi, hemi, "coverage", cov, "fraction", "template_roi_in_slab", where="template")
             if not profile.report_cr:
                 continue
             values = nm[masks[(roi, hemi)]] if (roi, hemi) in masks else np.array([])
@@ -139,7 +182,7 @@ def mt_rows(mtr_map: np.ndarray, enhancement: np.ndarray, mt_on: np.ndarray, dse
     def row(roi, hemi, measure, value, unit, method, reference="n/a"):
         value = float(value) if value is not None and np.isfinite(value) else None
         rows.append(dict(roi=roi, hemi=hemi, measure=measure, value=value, unit=unit, method=method,
-                         reference=reference, ref_stat="n/a"))
+                         space="native", reference=reference, ref_stat="n/a"))
 
     def mean_of(arr, sel):
         vals = arr[sel] if sel is not None else np.array([])

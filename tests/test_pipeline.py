@@ -86,12 +86,15 @@ def test_measures_table_contract(phantom_run):
     _, out, _ = phantom_run
     table = _measured(out, "sub-01")
     assert list(table.columns) == ["participant_id", "session_id", "source", "acq_type", "roi", "hemi",
-                                   "measure", "value", "unit", "method", "reference", "ref_stat"]
+                                   "measure", "value", "unit", "method", "space", "reference", "ref_stat"]
     assert set(table["participant_id"]) == {"sub-01"}
     assert set(table["session_id"]) == {"n/a"}
     assert set(table["acq_type"]) == {"GREMT"}
     assert {"SN", "VTA", "LC", "CC", "PT"} <= set(table["roi"])
     assert {"cr", "cnr", "volume_mm3", "coverage"} <= set(table["measure"])
+    cr_space = table[table.measure == "cr"].groupby("roi")["space"].agg(set)
+    assert cr_space["SN"] == {"native"} and cr_space["VTA"] == {"template"}  # the GRE-MT profile
+    assert not table.duplicated(["source", "roi", "hemi", "measure"]).any()
     assert table["source"].str.startswith("sub-01/anat/sub-01_acq-NM").all()
     dictionary = json.loads((out / "sub-01" / "anat" / "sub-01_desc-nm_measures.json").read_text())
     assert set(table.columns) <= set(dictionary)

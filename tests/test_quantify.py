@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from nmbids.acquisitions import PROFILES
-from nmbids.quantify import mt_rows, quantify, tissue_only
+from nmbids.quantify import Grid, measure, mt_rows, quantify, tissue_only
 
 TABLE = pd.DataFrame({"index": range(1, 10),
                       "roi": ["SN", "SN", "VTA", "VTA", "LC", "LC", "CC", "CC", "PT"],
@@ -101,3 +101,30 @@ def test_fse_lc_slice_profile_thirds():
     assert _value(rows, "LC_middle", "L", "cr") == pytest.approx(0.35)
     assert _value(rows, "LC_rostral", "L", "cr") == pytest.approx(0.55)
     assert _value(rows, "LC", "L", "cr") == pytest.approx(0.35)
+
+
+def test_measure_takes_each_roi_from_the_space_its_profile_names():
+    """SN measured on the native grid, VTA on the template grid (profile.measure_space)."""
+    # native: CC 100, SN_L 130 (CR 0.3), VTA_L 110 (CR 0.1)
+    native_labels = np.array([7] * 6 + [1] * 5 + [3] * 5).reshape(16, 1, 1)
+    native = np.array([100.0] * 6 + [130] * 5 + [110] * 5).reshape(16, 1, 1)
+    # template: CC 200 (another grid, another scale), VTA_L 240 -> CR 0.2; one VTA voxel
+    # outside the slab (NaN) is left out; SN on this grid would give CR 0.5
+    tpl_labels = np.array([7] * 6 + [1] * 5 + [3] * 6).reshape(17, 1, 1)
+    tpl = np.array([200.0] * 6 + [300] * 5 + [240] * 5 + [np.nan]).reshape(17, 1, 1)
+    coverage = {(roi, hemi): 1.0 for roi in ("SN", "VTA") for hemi in ("L", "bilateral")}
+    profile = dataclasses.replace(PROFILES["GREMT"], cr_method={"SN": "roi_mean", "VTA": "roi_mean"},
+                                  measure_space={"VTA": "template"})
+    rows, refs = measure(Grid(native, native_labels, 1.0), Grid(tpl, tpl_labels, 1.0), TABLE, coverage,
+                         profile, "median")
+    assert _value(rows, "SN", "L", "cr") == pytest.approx(0.3)
+    assert _value(rows, "VTA", "L", "cr") == pytest.approx(0.2)
+    assert _value(rows, "VTA", "L", "cr_roimean") == pytest.approx(0.2)
+    spaces = {(r["roi"], r["measure"]): r["space"] for r in rows}
+    assert spaces[("SN", "cr")] == "native" and spaces[("VTA", "cr")] == "template"
+    assert spaces[("VTA", "coverage")] == spaces[("SN", "coverage")] == "template"
+    # the reference rows and refs are the native ones, once
+    assert _value(rows, "CC", "bilateral", "reference_value") == pytest.approx(100.0)
+    assert refs["CC"]["value"] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="template space"):
+        measure(Grid(native, native_labels, 1.0), None, TABLE, coverage, profile, "median")

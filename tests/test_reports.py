@@ -28,7 +28,7 @@ SRC_C = "sub-01/anat/sub-01_acq-NM_run-2_T1w.nii.gz"  # failed: no derivatives
 P_A, P_B, P_C = "sub-01_acq-NM", "sub-01_acq-FSE", "sub-01_acq-NM_run-2"
 
 MEASURES_HEADER = ["participant_id", "session_id", "source", "acq_type", "roi", "hemi", "measure",
-                   "value", "unit", "method", "reference", "ref_stat"]
+                   "value", "unit", "method", "space", "reference", "ref_stat"]
 QC_HEADER = ["participant_id", "session_id", "source", "acq_type", "n_repeats", "motion_mean_mm",
              "motion_max_mm", "snr", "nm2t1w_similarity", "t1w2template_similarity", "coverage_SN",
              "coverage_VTA", "coverage_LC", "flags"]
@@ -76,7 +76,7 @@ def _nm_phantom(xyz, rng):
 
 
 def _rows(source, acq, rows):
-    return [["sub-01", "n/a", source, acq, *r] for r in rows]
+    return [["sub-01", "n/a", source, acq, *r[:6], "native", *r[6:]] for r in rows]
 
 
 def build_participant(root: Path, run_id: str = "20261122-010203_ab12cd34") -> Path:

@@ -1,7 +1,7 @@
 """Reading nmbids outputs of phantom cohorts, matching them with truth.json, and measuring
 again from the written images (other reference statistics and CR methods, template space,
 a deliberately shifted NM -> T1w transform) with the functions the pipeline itself calls
-(``nmbids.registration.pull_atlas_to_nm``, ``nmbids.quantify.quantify``)."""
+(``nmbids.registration``, ``nmbids.quantify.measure`` and ``quantify``)."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +15,7 @@ import pandas as pd
 
 from nmbids import measures as m
 from nmbids.acquisitions import DEFAULT_REF_STAT, PROFILES, REF_STATS
-from nmbids.quantify import quantify
+from nmbids.quantify import Grid, measure, quantify
 
 from .stats import centroid_mm, shift_directions, shifted_rigid
 
@@ -235,13 +235,17 @@ def misregistration(out: Path, sub: str, ses: str, acq_type: str, meas: pd.DataF
     reproduces (``same_labels``)."""
     import ants
 
-    from nmbids.registration import pull_atlas_to_nm
+    from nmbids.registration import pull_atlas_to_nm, push_nm_to_template
 
     f = session_files(out, sub, ses, acq_type)
     table = pd.read_csv(f["atlas_table"], sep="\t")
     cov = coverage_of(meas[(meas.participant_id == sub) & (meas.session_id == ses)], acq_type)
     nm_img = ants.image_read(str(f["nm"]))
     atlas = ants.image_read(str(f["atlas"]))
+    atlas_arr = atlas.numpy().astype(int)
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(atlas_arr))
+    ones = nm_img.new_image_like(np.ones(nm_img.shape, np.float32))
+    tvox = float(np.prod(atlas.spacing))
     xfm = {"affine": str(f["affine"]), "warp": str(f["warp"]), "invwarp": str(f["invwarp"])}
     rigid = ants.read_transform(str(f["rigid"]))
     base = np.asarray(rigid.parameters, float)
@@ -260,8 +264,12 @@ def misregistration(out: Path, sub: str, ses: str, acq_type: str, meas: pd.DataF
                 ants.write_transform(tx, path)
                 dseg = pull_atlas_to_nm(atlas, nm_img, xfm, path).numpy().astype(int)
                 same = float(np.mean(dseg == written)) if size == 0 else float("nan")
-                res, _ = quantify(nm, dseg, table, cov, PROFILES[acq_type], DEFAULT_REF_STAT, vox,
-                                  slice_axis=2, inferior_first=_inferior_first(nii))
+                # ROIs measured in template space see the NM image pushed through the shifted rigid
+                slab = push_nm_to_template(ones, atlas, xfm, path).numpy() > 0.5
+                tnm = np.where(slab, push_nm_to_template(nm_img, atlas, xfm, path).numpy(), np.nan)
+                res, _ = measure(Grid(nm, dseg, vox, _inferior_first(nii)),
+                                 Grid(tnm[box], atlas_arr[box], tvox, float(np.asarray(atlas.direction)[2, 2]) >= 0),
+                                 table, cov, PROFILES[acq_type], DEFAULT_REF_STAT)
                 for r in res:
                     if r["measure"] == "cr" and r["roi"] in TARGETS and r["hemi"] in ("L", "R"):
                         rows.append(dict(sub=sub, ses=ses, acq_type=acq_type, shift_mm=size,

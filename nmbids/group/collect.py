@@ -23,10 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..quantify import MEASURE_COLUMNS  # the participant level's contract, one definition
 from .errors import EXIT_DATAERR, EXIT_NOINPUT, GroupError
 
-MEASURE_COLUMNS = ["participant_id", "session_id", "source", "acq_type", "roi", "hemi", "measure",
-                   "value", "unit", "method", "reference", "ref_stat"]
 MEASURE_REQUIRED = ["participant_id", "roi", "hemi", "measure", "value"]
 QC_COLUMNS = ["participant_id", "session_id", "source", "acq_type", "n_repeats", "motion_mean_mm",
               "motion_max_mm", "snr", "nm2t1w_similarity", "t1w2template_similarity", "coverage_SN",

@@ -151,6 +151,9 @@ MEASURE_COLUMNS_DOC = {
     "value": {"Description": "The value of the measure; n/a when it could not be measured honestly."},
     "unit": {"Description": "Unit of value: ratio, mm3, fraction, percent or a.u."},
     "method": {"Description": "How the value was made (top_volume, threshold, roi_mean, max_per_slice, ...; see the participant measures dictionary)."},
+    "space": {"Description": "Where the value was measured: native (the NM image's own grid) or template "
+                             "(the NM image resampled to the output template, with the template's regions); "
+                             "older participant tables without this column give n/a."},
     "reference": {"Description": "Reference region (CC, PT) or n/a."},
     "ref_stat": {"Description": "Reference statistic: mode, median or mean, or n/a."},
 }

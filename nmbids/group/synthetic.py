@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..acquisitions import GREMT, PROFILES
 from .collect import MEASURE_COLUMNS, QC_COLUMNS
 from .outputs import tsv_text
 
@@ -67,6 +68,11 @@ def _participants(spec: SimSpec, rng: np.random.Generator) -> pd.DataFrame:
     return df
 
 
+def _space(roi: str, measure: str) -> str:
+    """Where a GRE-MT participant table measures ``roi`` (coverage: always the template)."""
+    return "template" if measure == "coverage" else PROFILES[GREMT].space_of(roi.split("_")[0])
+
+
 def make_measures(spec: SimSpec, parts: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     """Long measures rows for every participant and session (vectorised)."""
     sessions = list(spec.sessions) if spec.sessions else [None]
@@ -105,6 +111,7 @@ def make_measures(spec: SimSpec, parts: pd.DataFrame, rng: np.random.Generator) 
             "value": vals.ravel(),
             "unit": np.tile([MEASURE_MOMENTS[o[2]][2] for o in outcomes], n_p),
             "method": np.tile([MEASURE_MOMENTS[o[2]][3] for o in outcomes], n_p),
+            "space": np.tile([_space(o[0], o[2]) for o in outcomes], n_p),
             "reference": np.tile([REFERENCES.get(o[0], "n/a") for o in outcomes], n_p),
             "ref_stat": "mode",
         }))

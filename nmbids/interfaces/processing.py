@@ -22,6 +22,12 @@ def _ants():
     return ants
 
 
+def _inferior_first(image) -> bool:
+    """Whether the third voxel axis of an axial image runs inferior → superior (LPS and RAS
+    agree on z): the order of an axial slab's slices."""
+    return float(np.asarray(image.direction)[2, 2]) >= 0
+
+
 class _N4InputSpec(BaseInterfaceInputSpec):
     t1w = File(exists=True, mandatory=True)
 
@@ -206,7 +212,7 @@ class QuantifyNM(SimpleInterface):
 
         from .. import measures
         from ..acquisitions import PROFILES
-        from ..quantify import mt_rows, qc_snr, quantify, region_masks, tissue_only
+        from ..quantify import Grid, measure, mt_rows, qc_snr, region_masks, tissue_only
         from ..registration import pull_atlas_to_nm, push_nm_to_template
         from ..templates import get_template
 
@@ -221,6 +227,7 @@ class QuantifyNM(SimpleInterface):
         dseg = pull_atlas_to_nm(atlas, nm, xfm, self.inputs.rigid)
         dseg_path = os.path.join(cwd, "dseg.nii.gz")
         dseg.to_file(dseg_path)
+        labels = dseg.numpy().astype(int)
 
         # Coverage: the slab's support pushed to the template, against each template ROI.
         ones = ants.from_numpy(np.ones(nm.shape, np.float32), origin=nm.origin, spacing=nm.spacing,
@@ -238,20 +245,18 @@ class QuantifyNM(SimpleInterface):
         if isdefined(self.inputs.mt_off):
             off = ants.image_read(self.inputs.mt_off).numpy()
             mtr_arr, enh_arr = measures.mtr(image, off), measures.mt_enhancement(image, off)
-            measured = tissue_only(image, mtr_arr, dseg.numpy().astype(int), table, profile)
-        # slices are the third voxel axis of an axial slab; is it ordered inferior→superior?
-        direction = np.asarray(nm.direction)[:, 2]
-        inferior_first = direction[2] >= 0  # LPS and RAS agree on the z axis
-        vox = float(np.prod(nm.spacing))
-        rows, refs = quantify(measured, dseg.numpy().astype(int), table, coverage, profile,
-                              self.inputs.ref_stat, vox, slice_axis=2, inferior_first=inferior_first)
+            measured = tissue_only(image, mtr_arr, labels, table, profile)
+        nm_tpl = np.nan_to_num(push_nm_to_template(nm, template, xfm, self.inputs.rigid).numpy())
+        native = Grid(measured, labels, float(np.prod(nm.spacing)), _inferior_first(nm))
+        in_template = Grid(np.where(slab_tpl, nm_tpl, np.nan)[box], atlas_arr[box],
+                           float(np.prod(template.spacing)), _inferior_first(template))
+        rows, refs = measure(native, in_template, table, coverage, profile, self.inputs.ref_stat)
         if mtr_arr is not None:
             fluid = np.isnan(measured)
             rows += mt_rows(np.where(fluid, np.nan, mtr_arr), np.where(fluid, np.nan, enh_arr), measured,
-                            dseg.numpy().astype(int), table, coverage, profile, refs)
+                            labels, table, coverage, profile, refs)
 
         ref = refs.get(profile.map_reference, {}).get("value", np.nan)
-        nm_tpl = np.nan_to_num(push_nm_to_template(nm, template, xfm, self.inputs.rigid).numpy())
         # The CR map in template space without a third resampling: linear interpolation is
         # linear in the values, so push((I - ref) / ref) = (push(I) - ref * push(1)) / ref.
         if np.isfinite(ref) and ref > 0:

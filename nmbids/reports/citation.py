@@ -78,7 +78,9 @@ _PARAGRAPHS = (
     "registered to the T1w image with a rigid transform; template-space regions of interest "
     "(substantia nigra, SN; ventral tegmental area, VTA; locus coeruleus, LC) and reference "
     "regions (crus cerebri, CC; pontine tegmentum, PT) were brought into the native NM space by "
-    "composing the inverse T1w-to-template transform with the inverse NM-to-T1w transform.",
+    "composing the inverse T1w-to-template transform with the inverse NM-to-T1w transform; "
+    "the VTA was measured instead on the NM image resampled to the template, against the "
+    "template's reference region (the more reliable choice in the nmbids phantom validation).",
 
     "Measures. The contrast ratio CR = (I - ref(R)) / ref(R) was computed with the reference "
     "region R being the crus cerebri for SN and VTA and the pontine tegmentum for LC "
@@ -88,7 +90,7 @@ _PARAGRAPHS = (
     "per slice summarised over rostral, middle and caudal thirds {tona2017}, the fraction of "
     "each region covered by the slab and, for MT pairs, the magnetization-transfer ratio "
     "MTR = 100 (M_off - M_on) / M_off were also computed. Voxelwise CR maps were written in "
-    "template space {wengler2020}. The method and reference statistic behind every value are "
+    "template space {wengler2020}. The method, space and reference statistic behind every value are "
     "recorded in the measures table (desc-nm_measures.tsv) and its JSON data dictionary; "
     "please report them with the results.",
 
