@@ -182,9 +182,6 @@ def main(argv=None) -> int:
         log("analysing")
         ran = [r["name"] for r in runs if not r.get("skipped")]
         analyse(root, ran, results, plan)
-        from nmbids.acquisitions import PROFILES
-        from nmbids.parser import build_parser
-
         commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "nmbids"],
@@ -204,8 +201,7 @@ def main(argv=None) -> int:
                                                     for k, v in kw.items() if k != "nuclei"}}
                         for n, (kw, desc) in names.items()},
             "runs": runs,
-            "defaults": {"ref_stat": build_parser().get_default("ref_stat"),
-                         "cr_method": {a: dict(p.cr_method) for a, p in PROFILES.items() if p.report_cr}},
+            "defaults": report.current_defaults(),
         }
         (results / "run.json").write_text(json.dumps(meta, indent=1))
     meta = json.loads(meta_path.read_text())

@@ -178,7 +178,8 @@ def choice_tables(v: pd.DataFrame, meta: dict) -> dict:
                 s = variant_scores(v, acq, roi, defaults["ref_stat"], "default", space)
                 rows.append(dict(acquisition=ACQ_NAME[acq], roi=roi, space=space, **s))
                 sc[space] = s
-            recs.append(dict(acquisition=ACQ_NAME[acq], roi=roi, default="native", **st.recommend(sc, "native")))
+            default = defaults.get("space", {}).get(acq, {}).get(roi, "native")
+            recs.append(dict(acquisition=ACQ_NAME[acq], roi=roi, default=default, **st.recommend(sc, default)))
     out["space"] = (pd.DataFrame(rows), recs)
     return out
 
@@ -499,16 +500,20 @@ def render(meta: dict, t: dict, ch: dict, lc: pd.DataFrame, mr: pd.DataFrame) ->
             was = meta["defaults"]["cr_method"].get(acq, {}).get(roi)
             if was != method:
                 diffs.append(f"{ACQ_NAME.get(acq, acq)} {roi} CR method {was} → {method}")
+    for acq, spaces in now["space"].items():
+        for roi, space in spaces.items():
+            was = meta["defaults"].get("space", {}).get(acq, {}).get(roi, "native")
+            if was != space:
+                diffs.append(f"{ACQ_NAME.get(acq, acq)} {roi} measured in {was} → {space} space")
     if diffs:
         L.append("Defaults of nmbids changed after this run (see the recommendations above): "
                  + "; ".join(diffs) + ". The numbers above were measured with the old defaults; the 'after' "
                  "rows are what the new defaults give on the same images.\n")
     elif changes:
         L.append("No default of nmbids has been changed since this run.\n")
-    if any(k == "space" for k, _ in changes):
-        L.append("Measuring in template space is not yet an option of the pipeline (the measures are made "
-                 "on the native NM grid, the template-space rows above were computed by this script from the "
-                 "written template-space images): where the table recommends it, the change is still to make.\n")
+    L.append("The space of each ROI is part of its acquisition profile (`AcquisitionProfile.measure_space`); "
+             "the `space` column of the measures table records it for every value. The rows of the space table "
+             "are computed by this script from the written images, every ROI in both spaces.\n")
     if any(k == "method" and r.get("roi") == "LC" for k, r in changes):
         L.append("LC keeps the slice-wise method whatever its score: it gives the rostral, middle and "
                  "caudal thirds that the LC literature reports, which a volume of the brightest voxels does not.\n")
@@ -569,7 +574,8 @@ def current_defaults() -> dict:
     from nmbids.parser import build_parser
 
     return {"ref_stat": build_parser().get_default("ref_stat"),
-            "cr_method": {a: dict(p.cr_method) for a, p in PROFILES.items() if p.report_cr}}
+            "cr_method": {a: dict(p.cr_method) for a, p in PROFILES.items() if p.report_cr},
+            "space": {a: {roi: p.space_of(roi) for roi in p.references} for a, p in PROFILES.items() if p.report_cr}}
 
 
 def weaknesses(t: dict) -> list[str]:
