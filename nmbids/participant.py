@@ -205,11 +205,12 @@ def write_session(plan: SessionPlan, *, bids_dir, output_dir, work_dir, template
     errors = []
     out = anat_dir(output_dir, plan.participant, plan.session)
     space = template.name
-    anat = _load_result(work_dir, plan.participant, node_names(plan.session)["anat"])
+    names = node_names(plan.session)
+    anat = _load_result(work_dir, plan.participant, names["anat"])
+    warped = _load_result(work_dir, plan.participant, names["t1w_template"])
     t1_rel = _rel(plan.t1w, bids_dir)
-    if anat is None:
-        names = node_names(plan.session)
-        crash = _crash_for(log_dir, names["t1w"]) or _crash_for(log_dir, names["anat"])
+    if anat is None or warped is None:
+        crash = next(filter(None, (_crash_for(log_dir, names[k]) for k in ("t1w", "anat", "t1w_template"))), None)
         line = f"{sub}: {t1_rel}: T1w to template registration failed (see {crash or log_dir})"
         outcome.fail(EXIT_FAILURE, line)
         for nm in plan.nm:
@@ -220,7 +221,7 @@ def write_session(plan: SessionPlan, *, bids_dir, output_dir, work_dir, template
     t1_sources = [bids_uri(t1_rel)]
     _put(anat.t1w_preproc, f"{S}_desc-preproc_T1w.nii.gz", {"Sources": t1_sources, "SkullStripped": False,
          "Description": "N4 bias-corrected T1w"})
-    _put(anat.t1w_template, f"{S}_space-{space}_desc-preproc_T1w.nii.gz",
+    _put(warped.t1w_template, f"{S}_space-{space}_desc-preproc_T1w.nii.gz",
          {"Sources": t1_sources, "SpatialReference": space})
     xfm_meta = {"Sources": t1_sources, "Software": "ANTsPy", "FromSpace": "T1w", "ToSpace": space}
     _put(anat.affine, f"{S}_from-T1w_to-{space}_mode-image_desc-affine_xfm.mat", xfm_meta)

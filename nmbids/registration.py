@@ -28,14 +28,25 @@ def _seed():
 
 
 def n4_field(image: ants.ANTsImage, mask: ants.ANTsImage | None = None, shrink: int = 4,
-             iterations=(50,)) -> ants.ANTsImage:
+             iterations=(50,), block: int = 1) -> ants.ANTsImage:
     """Multiplicative bias field of a positive image by N4 (Tustison et al. 2010).
 
     A smooth field (one B-spline mesh element, a single fitting level) is all a slab or a
     head needs here; each extra level refines the mesh and, measured on a 225×250×20 slab,
     costs about five times more (2.5 s for one level at shrink 4, 68 s for two at shrink 2).
     The field is defined everywhere, not only inside the fitting mask.
+
+    ``block`` > 1 (no ``mask``): the field is fitted on every ``block``-th voxel and
+    interpolated back linearly. N4 otherwise spends about half of its time on a large image
+    evaluating the B-spline field at every voxel: for a 1 mm head, block 2 and shrink 4 gave
+    the field of shrink 8 within 0.01 % (1st-99th percentile in the head) in 4.0 s instead
+    of 7.4 s (both measured on a loaded machine).
     """
+    if block > 1:
+        if mask is not None:
+            raise ValueError("n4_field: block subsampling does not take a mask")
+        coarse = n4_field(_subsample(image, block), shrink=shrink, iterations=iterations)
+        return image.new_image_like(_upsample_linear(coarse.numpy(), image.shape, block))
     img = ants.image_clone(image, pixeltype="float")
     arr = img.numpy()
     floor = np.percentile(arr[arr > 0], 1) if np.any(arr > 0) else 0.0
@@ -45,6 +56,32 @@ def n4_field(image: ants.ANTsImage, mask: ants.ANTsImage | None = None, shrink: 
         mask = ants.get_mask(img, low_thresh=float(np.percentile(arr, 40)), cleanup=0)
     return ants.n4_bias_field_correction(img, mask=mask, shrink_factor=shrink, return_bias_field=True,
                                          convergence={"iters": list(iterations), "tol": 1e-6})
+
+
+def _subsample(image: ants.ANTsImage, step: int) -> ants.ANTsImage:
+    """Every ``step``-th voxel of ``image`` along each axis, starting mid-block (what N4's own
+    shrinking does: no averaging, which would blur the tissue classes whose histogram N4
+    sharpens)."""
+    first = (step - 1) // 2
+    arr = image.numpy().astype(np.float32)[first::step, first::step, first::step]
+    spacing = np.asarray(image.spacing, float)
+    origin = np.asarray(image.origin) + np.asarray(image.direction) @ (spacing * first)
+    return ants.from_numpy(np.ascontiguousarray(arr), origin=tuple(origin), spacing=tuple(spacing * step),
+                           direction=image.direction)
+
+
+def _upsample_linear(coarse: np.ndarray, shape: tuple, step: int) -> np.ndarray:
+    """Back from the grid of ``_subsample`` to ``shape``: linear interpolation, axis by axis,
+    constant beyond the outermost coarse voxels."""
+    first = (step - 1) // 2
+    out = coarse.astype(np.float32)
+    for axis, n in enumerate(shape):
+        x = np.clip((np.arange(n) - first) / step, 0, coarse.shape[axis] - 1)
+        i0 = np.floor(x).astype(int)
+        i1 = np.minimum(i0 + 1, coarse.shape[axis] - 1)
+        w = (x - i0).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(out.ndim)])
+        out = np.take(out, i0, axis=axis) * (1 - w) + np.take(out, i1, axis=axis) * w
+    return out
 
 
 def shrink_for(image: ants.ANTsImage, grid_mm: float) -> int:
@@ -87,8 +124,9 @@ def t1w_to_template(t1w: ants.ANTsImage, template: ants.ANTsImage, template_mask
                     outprefix: str, quality: str = "default") -> dict:
     """Register the T1w (moving) to the template (fixed).
 
-    Returns ``{"affine": path, "warp": path, "invwarp": path, "warped": image,
-    "similarity": float}``. Forward list (template grid ← T1w): ``[warp, affine]``;
+    Returns ``{"affine": path, "warp": path, "invwarp": path, "similarity": float}``; the
+    similarity is measured in the brainstem box (the whole warped T1w is made apart, by
+    ``warp_to_template``, so that the measures need not wait for it). Forward list (template grid ← T1w): ``[warp, affine]``;
     inverse list (T1w grid ← template): ``[affine, invwarp]`` with ``[True, False]``.
     """
     _seed()
@@ -112,10 +150,14 @@ def t1w_to_template(t1w: ants.ANTsImage, template: ants.ANTsImage, template_mask
                             outprefix=outprefix + "syn_")
     warp = [p for p in syn["fwdtransforms"] if p.endswith(".nii.gz")][0]
     invwarp = [p for p in syn["invtransforms"] if p.endswith(".nii.gz")][0]
-    warped = ants.apply_transforms(fixed=template, moving=t1w, transformlist=[warp, affine_path],
-                                   interpolator="linear")
-    return {"affine": affine_path, "warp": warp, "invwarp": invwarp, "warped": warped,
-            "similarity": similarity(ants.resample_image_to_target(warped, box), box)}
+    in_box = warp_to_template(t1w, box, {"affine": affine_path, "warp": warp})
+    return {"affine": affine_path, "warp": warp, "invwarp": invwarp, "similarity": similarity(in_box, box)}
+
+
+def warp_to_template(t1w: ants.ANTsImage, template: ants.ANTsImage, t1_to_tpl: dict) -> ants.ANTsImage:
+    """The T1w resampled (linear) onto ``template``'s grid through ``[warp, affine]``."""
+    return ants.apply_transforms(fixed=template, moving=t1w, transformlist=[t1_to_tpl["warp"], t1_to_tpl["affine"]],
+                                 interpolator="linear")
 
 
 def rigid(fixed: ants.ANTsImage, moving: ants.ANTsImage, outprefix: str,

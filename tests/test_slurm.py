@@ -113,7 +113,7 @@ def test_use_plugin_slurm(slurm, tmp_path):
     # every node ran as a SLURM job: nipype writes one batch script and one job log per node
     batch = work / "sub_01_wf" / "batch"
     n_nodes = len([d for d in (work / "sub_01_wf").iterdir() if (d / "_node.pklz").exists()])
-    assert n_nodes == 5  # T1w N4, T1w -> template, prepare, coregister, quantify
+    assert n_nodes == 6  # T1w N4, T1w -> template, T1w resampled, prepare, coregister, quantify
     assert len(list(batch.glob("batchscript_*.sh"))) == n_nodes
     jobs = sorted(int(p.stem.split("-")[1]) for p in batch.glob("slurm-*.out"))
     assert len(jobs) == n_nodes

@@ -1,9 +1,10 @@
 """``init_participant_wf``: the nipype graph of one participant.
 
 One flat workflow per participant: per session, a T1w bias-correction node and one T1w →
-template node shared by every NM acquisition of the session; per NM acquisition, prepare →
-coregister → quantify. Coregistration needs only the bias-corrected T1w, so it runs while
-the template registration is still going. Nodes are
+template node shared by every NM acquisition of the session, and a node that resamples the
+T1w into the template (a derivative only); per NM acquisition, prepare → coregister →
+quantify. Coregistration needs only the bias-corrected T1w, so it runs while the template
+registration is still going; the resampled T1w is made while the NM is measured. Nodes are
 named so that their folders in the work directory are predictable (``node_dir``): the
 orchestrator reads results from there, whether or not other nodes failed.
 """
@@ -14,7 +15,8 @@ from pathlib import Path
 from nipype.pipeline import engine as pe
 
 from ..acquisitions import PROFILES
-from ..interfaces.processing import AnatToTemplate, BiasCorrectT1w, CoregNM, PrepareNM, QuantifyNM
+from ..interfaces.processing import (AnatToTemplate, BiasCorrectT1w, CoregNM, PrepareNM, QuantifyNM,
+                                     WarpT1wToTemplate)
 
 
 def _tag(session: str | None) -> str:
@@ -24,7 +26,7 @@ def _tag(session: str | None) -> str:
 def node_names(session: str | None, index: int | None = None) -> dict:
     tag = _tag(session)
     if index is None:
-        return {"anat": f"anat_{tag}", "t1w": f"t1w_{tag}"}
+        return {"anat": f"anat_{tag}", "t1w": f"t1w_{tag}", "t1w_template": f"t1wtpl_{tag}"}
     return {step: f"{step}_{tag}_{index}" for step in ("prepare", "coreg", "quantify")}
 
 
@@ -45,7 +47,10 @@ def init_participant_wf(participant: str, plans, *, work_dir: Path, template: st
             continue
         t1w = pe.Node(BiasCorrectT1w(t1w=plan.t1w), name=node_names(plan.session)["t1w"])
         anat = pe.Node(AnatToTemplate(template=template, quality=quality), name=node_names(plan.session)["anat"])
-        wf.connect(t1w, "t1w_preproc", anat, "t1w")
+        warped = pe.Node(WarpT1wToTemplate(template=template), name=node_names(plan.session)["t1w_template"])
+        wf.connect([(t1w, anat, [("t1w_preproc", "t1w")]),
+                    (t1w, warped, [("t1w_preproc", "t1w")]),
+                    (anat, warped, [("affine", "affine"), ("warp", "warp")])])
         for index, nm in enumerate(plan.nm):
             names = node_names(plan.session, index)
             prep = pe.Node(PrepareNM(in_files=nm.files), name=names["prepare"])
