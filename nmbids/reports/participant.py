@@ -567,7 +567,9 @@ def _source(b: _Builder, S: str, anat: Path, t1w: Path, info: dict, space: str |
     targets: dict[str, list[str]] = {}
     for r in rows:
         ref, roi = r.get("reference", NA), r.get("roi", NA)
-        if ref and ref != NA and roi != ref and r.get("measure") != "reference_value":
+        # the histogram is of native intensities: template-space values had the template's reference
+        if ref and ref != NA and roi != ref and r.get("measure") != "reference_value" \
+                and r.get("space", "native") != "template":
             base = roi.split("_")[0]
             if base not in targets.setdefault(ref, []) and any(l.roi == base for l in labels.values()):
                 targets[ref].append(base)
