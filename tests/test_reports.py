@@ -473,3 +473,24 @@ def test_paths_and_prefixes(tmp_path):
     assert not belongs_to_prefix("sub-01_acq-NM_run-2_space-X_crmap.nii.gz", "sub-01_acq-NM")
     with pytest.raises(ValueError):
         generate_participant_report(tmp_path, "../etc")
+
+
+def test_resample_like_slices_a_box_of_the_same_grid():
+    """A crop of an image on the same grid is taken as is (no interpolation); any other grid
+    is resampled."""
+    import nibabel as nb
+    import numpy as np
+    from nilearn.image import resample_to_img
+
+    from nmbids.reports.figures import crop, resample_like
+
+    rng = np.random.default_rng(1)
+    affine = np.array([[-1.0, 0, 0, 90], [0, 1.0, 0, -126], [0, 0, 1.0, -72], [0, 0, 0, 1]])
+    img = nb.Nifti1Image(rng.random((30, 40, 20)).astype(np.float32), affine)
+    box = crop(img, [[-10, 5], [-110, -100], [-65, -60]])
+    same = resample_like(img, box)
+    assert same.shape == box.shape and np.allclose(same.affine, box.affine)
+    assert np.array_equal(np.asarray(same.dataobj), np.asarray(box.dataobj))
+    shifted = nb.Nifti1Image(np.zeros((5, 5, 5), np.float32), affine @ nb.affines.from_matvec(np.eye(3), [0.5, 0, 0]))
+    expected = resample_to_img(img, shifted, interpolation="linear", force_resample=True, copy_header=True)
+    assert np.allclose(np.asarray(resample_like(img, shifted).dataobj), np.asarray(expected.dataobj))

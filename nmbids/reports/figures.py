@@ -136,8 +136,17 @@ def crop(img: nb.Nifti1Image, box: Sequence[Sequence[float]], margin: float = 0.
 
 
 def resample_like(img: nb.Nifti1Image, target: nb.Nifti1Image, nearest: bool = False) -> nb.Nifti1Image:
+    """``img`` on ``target``'s grid: sliced when that grid is a box of ``img``'s own (an image
+    cropped from one on the same grid: nothing to interpolate), resampled otherwise."""
     from nilearn.image import resample_to_img
 
+    start = nb.affines.apply_affine(np.linalg.inv(img.affine), target.affine[:3, 3])  # its first voxel
+    stop = np.round(start).astype(int) + np.array(target.shape[:3])
+    if (np.allclose(img.affine[:3, :3], target.affine[:3, :3], atol=1e-6)
+            and np.allclose(start, np.round(start), atol=1e-4) and np.all(np.round(start) >= 0)
+            and np.all(stop <= np.array(img.shape[:3]))):
+        a, b, c = np.round(start).astype(int)
+        return img.slicer[a:stop[0], b:stop[1], c:stop[2]]
     return resample_to_img(img, target, interpolation="nearest" if nearest else "linear",
                            force_resample=True, copy_header=True)
 
