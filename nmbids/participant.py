@@ -28,7 +28,8 @@ from .images import check_image
 from .outputs import (anat_dir, atomic_copy, atomic_write_json, atomic_write_tsv, bids_uri,
                       remove_stale_temporaries)
 from .quantify import MEASURE_COLUMNS
-from .reports.warnings import COVERAGE_MIN, MOTION_MAX_MM, NM2T1W_SIMILARITY_MIN, SNR_MIN
+from .reports.warnings import (COVERAGE_MIN, MOTION_MAX_MM, NM2T1W_SIMILARITY_MIN, SNR_MIN,
+                               T1W2TEMPLATE_SIMILARITY_MIN)
 from .workflows.participant import init_participant_wf, node_dir, node_names
 
 LOG = logging.getLogger("nmbids")
@@ -280,7 +281,7 @@ def write_session(plan: SessionPlan, *, bids_dir, output_dir, work_dir, template
             rows.append({"participant_id": sub, "session_id": plan.session_id, "source": nm.source,
                          "acq_type": nm.acq_type, **r})
         cov = results["coverage"]
-        flags = _flags(results, motion, coreg.similarity)
+        flags = _flags(results, motion, coreg.similarity, anat.similarity)
         qc_rows.append({
             "participant_id": sub, "session_id": plan.session_id, "source": nm.source, "acq_type": nm.acq_type,
             "n_repeats": len(motion), "motion_mean_mm": float(np.mean(motion[1:])) if len(motion) > 1 else 0.0,
@@ -308,10 +309,11 @@ def write_session(plan: SessionPlan, *, bids_dir, output_dir, work_dir, template
 
 # QC flag thresholds: one definition, shared with the report (documented in docs/reports.md)
 QC_THRESHOLDS = {"coverage": COVERAGE_MIN, "motion_max_mm": MOTION_MAX_MM, "snr": SNR_MIN,
-                 "nm2t1w_similarity": NM2T1W_SIMILARITY_MIN}
+                 "nm2t1w_similarity": NM2T1W_SIMILARITY_MIN,
+                 "t1w2template_similarity": T1W2TEMPLATE_SIMILARITY_MIN}
 
 
-def _flags(results: dict, motion: list, similarity: float) -> list[str]:
+def _flags(results: dict, motion: list, similarity: float, template_similarity: float) -> list[str]:
     flags = []
     for key in ("SN_bilateral", "VTA_bilateral", "LC_bilateral"):
         cov = results["coverage"].get(key)
@@ -324,6 +326,8 @@ def _flags(results: dict, motion: list, similarity: float) -> list[str]:
         flags.append("low_snr")
     if not np.isfinite(similarity) or similarity < QC_THRESHOLDS["nm2t1w_similarity"]:
         flags.append("poor_nm2t1w_registration")
+    if not np.isfinite(template_similarity) or template_similarity < QC_THRESHOLDS["t1w2template_similarity"]:
+        flags.append("poor_t1w2template_registration")
     return flags
 
 
@@ -508,5 +512,6 @@ def qc_dictionary() -> dict:
         "coverage_VTA": {"Description": "fraction of the template VTA inside the slab", "Units": "fraction"},
         "coverage_LC": {"Description": "fraction of the template LC inside the slab", "Units": "fraction"},
         "flags": {"Description": "';'-separated QC warnings: low_coverage_<ROI> (< 0.5), high_motion "
-                                 "(> 1.5 mm), low_snr (< 10), poor_nm2t1w_registration (similarity < 0.3)"},
+                                 "(> 1.5 mm), low_snr (< 10), poor_nm2t1w_registration (similarity < 0.3), "
+                                 "poor_t1w2template_registration (similarity < 0.5)"},
     }

@@ -396,10 +396,12 @@ def test_read_only_home(tmp_path):
 def test_warning_rules():
     assert qcw.coverage_low("0.49") and not qcw.coverage_low("0.5") and not qcw.coverage_low("n/a")
     assert qcw.cr_implausible("0.61") and qcw.cr_implausible("-0.11") and not qcw.cr_implausible("0.6")
-    row = {"motion_max_mm": "1.6", "snr": "9.9", "nm2t1w_similarity": "0.1", "coverage_SN": "0.2"}
+    row = {"motion_max_mm": "1.6", "snr": "9.9", "nm2t1w_similarity": "0.1", "coverage_SN": "0.2",
+           "t1w2template_similarity": "0.49"}
     assert {w.what for w in qcw.qc_row_warnings(row)} == {"motion_max_mm", "snr", "nm2t1w_similarity",
-                                                          "coverage_SN"}
-    ok = {"motion_max_mm": "1.5", "snr": "10", "nm2t1w_similarity": "n/a", "coverage_SN": "0.5"}
+                                                          "coverage_SN", "t1w2template_similarity"}
+    ok = {"motion_max_mm": "1.5", "snr": "10", "nm2t1w_similarity": "n/a", "coverage_SN": "0.5",
+          "t1w2template_similarity": "0.5"}
     assert qcw.qc_row_warnings(ok) == []
 
 

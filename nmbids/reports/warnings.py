@@ -24,6 +24,10 @@ SNR_MIN = 10.0
 #: probably misregistered. Provisional: set for a correlation-type metric in [-1, 1]
 #: computed inside the slab; recalibrate on phantom runs when the metric is fixed.
 NM2T1W_SIMILARITY_MIN = 0.3
+#: T1w -> template similarity (QC t1w2template_similarity, |Pearson r| in the brainstem box)
+#: below which the registration has probably failed: on phantom heads successful runs gave
+#: 0.69-0.89 and failed ones (a head pitched by 45 degrees) 0.01-0.07.
+T1W2TEMPLATE_SIMILARITY_MIN = 0.5
 #: Plausible range of contrast ratios (unitless). Typical SN CR on GRE-MT is 0.1-0.3,
 #: FSE lower, LC 0.1-0.2; values outside this range usually mean a wrong reference
 #: region, a misplaced ROI or an artefact.
@@ -55,6 +59,9 @@ THRESHOLDS: tuple[Threshold, ...] = (
               f"warn when < {NM2T1W_SIMILARITY_MIN}",
               "the NM slab is probably misregistered to the T1w; ROIs may be misplaced "
               "(provisional value, see docs/reports.md)"),
+    Threshold("t1w2template_similarity", "QC t1w2template_similarity",
+              f"warn when < {T1W2TEMPLATE_SIMILARITY_MIN}",
+              "the T1w → template registration probably failed; every ROI is misplaced"),
     Threshold("cr", "measures rows measure in " + ", ".join(CR_MEASURES),
               f"warn when outside {CR_MIN} .. {CR_MAX}",
               "implausible contrast ratio: wrong reference region, misplaced ROI or artefact"),
@@ -117,6 +124,9 @@ def qc_row_warnings(row: dict[str, str]) -> list[QCWarning]:
     v = as_float(row.get("nm2t1w_similarity"))
     if v is not None and v < NM2T1W_SIMILARITY_MIN:
         add("nm2t1w_similarity", f"< {NM2T1W_SIMILARITY_MIN}")
+    v = as_float(row.get("t1w2template_similarity"))
+    if v is not None and v < T1W2TEMPLATE_SIMILARITY_MIN:
+        add("t1w2template_similarity", f"< {T1W2TEMPLATE_SIMILARITY_MIN}")
     return out
 
 
