@@ -273,6 +273,12 @@ def push_nm_to_template(img: ants.ANTsImage, template: ants.ANTsImage, t1_to_tpl
                                  whichtoinvert=[True, False, False], interpolator=interpolator)
 
 
+def inferior_first(image: ants.ANTsImage) -> bool:
+    """Whether the third voxel axis of an axial image runs inferior → superior (LPS and RAS
+    agree on z): the order of an axial slab's slices."""
+    return float(np.asarray(image.direction)[2, 2]) >= 0
+
+
 def push_nm_to_t1w(img: ants.ANTsImage, t1w: ants.ANTsImage, rigid: str) -> ants.ANTsImage:
     """NM-grid image → T1w grid (rigid inverted)."""
     return ants.apply_transforms(fixed=t1w, moving=img, transformlist=[rigid], whichtoinvert=[True],

@@ -235,7 +235,7 @@ def misregistration(out: Path, sub: str, ses: str, acq_type: str, meas: pd.DataF
     reproduces (``same_labels``)."""
     import ants
 
-    from nmbids.registration import pull_atlas_to_nm, push_nm_to_template
+    from nmbids.registration import inferior_first, pull_atlas_to_nm, push_nm_to_template
 
     f = session_files(out, sub, ses, acq_type)
     table = pd.read_csv(f["atlas_table"], sep="\t")
@@ -267,8 +267,8 @@ def misregistration(out: Path, sub: str, ses: str, acq_type: str, meas: pd.DataF
                 # ROIs measured in template space see the NM image pushed through the shifted rigid
                 slab = push_nm_to_template(ones, atlas, xfm, path).numpy() > 0.5
                 tnm = np.where(slab, push_nm_to_template(nm_img, atlas, xfm, path).numpy(), np.nan)
-                res, _ = measure(Grid(nm, dseg, vox, _inferior_first(nii)),
-                                 Grid(tnm[box], atlas_arr[box], tvox, float(np.asarray(atlas.direction)[2, 2]) >= 0),
+                res, _ = measure(Grid(nm, dseg, vox, inferior_first(nm_img)),
+                                 Grid(tnm[box], atlas_arr[box], tvox, inferior_first(atlas)),
                                  table, cov, PROFILES[acq_type], DEFAULT_REF_STAT)
                 for r in res:
                     if r["measure"] == "cr" and r["roi"] in TARGETS and r["hemi"] in ("L", "R"):

@@ -22,12 +22,6 @@ def _ants():
     return ants
 
 
-def _inferior_first(image) -> bool:
-    """Whether the third voxel axis of an axial image runs inferior → superior (LPS and RAS
-    agree on z): the order of an axial slab's slices."""
-    return float(np.asarray(image.direction)[2, 2]) >= 0
-
-
 class _N4InputSpec(BaseInterfaceInputSpec):
     t1w = File(exists=True, mandatory=True)
 
@@ -249,7 +243,7 @@ class QuantifyNM(SimpleInterface):
         from .. import measures
         from ..acquisitions import PROFILES
         from ..quantify import Grid, measure, mt_rows, qc_snr, region_masks, tissue_only
-        from ..registration import pull_atlas_to_nm, push_nm_to_template
+        from ..registration import inferior_first, pull_atlas_to_nm, push_nm_to_template
         from ..templates import get_template
 
         xfm = {"affine": self.inputs.affine, "warp": self.inputs.warp, "invwarp": self.inputs.invwarp}
@@ -283,9 +277,9 @@ class QuantifyNM(SimpleInterface):
             mtr_arr, enh_arr = measures.mtr(image, off), measures.mt_enhancement(image, off)
             measured = tissue_only(image, mtr_arr, labels, table, profile)
         nm_tpl = np.nan_to_num(push_nm_to_template(nm, template, xfm, self.inputs.rigid).numpy())
-        native = Grid(measured, labels, float(np.prod(nm.spacing)), _inferior_first(nm))
+        native = Grid(measured, labels, float(np.prod(nm.spacing)), inferior_first(nm))
         in_template = Grid(np.where(slab_tpl, nm_tpl, np.nan)[box], atlas_arr[box],
-                           float(np.prod(template.spacing)), _inferior_first(template))
+                           float(np.prod(template.spacing)), inferior_first(template))
         rows, refs = measure(native, in_template, table, coverage, profile, self.inputs.ref_stat)
         if mtr_arr is not None:
             fluid = np.isnan(measured)
