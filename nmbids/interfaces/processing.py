@@ -146,7 +146,7 @@ class PrepareNM(SimpleInterface):
 
     def _run_interface(self, runtime):
         ants = _ants()
-        from ..registration import n4_field, realign_repeats, resample_repeat, rigid
+        from ..registration import NM_N4_SPLINE_MM, n4_field, realign_repeats, resample_repeat, rigid
 
         repeats = []
         for f in self.inputs.in_files:
@@ -156,7 +156,7 @@ class PrepareNM(SimpleInterface):
         mean, motion = realign_repeats(repeats, prefix) if len(repeats) > 1 else (repeats[0], [0.0])
         # One bias field for both images of an MT pair: estimated on the (averaged) on
         # image and divided out of both, so the ratio carries no bias of its own.
-        field = np.maximum(n4_field(mean).numpy(), 1e-6)
+        field = np.maximum(n4_field(mean, spline_mm=NM_N4_SPLINE_MM).numpy(), 1e-6)
         nm = mean.new_image_like((mean.numpy() / field).astype(np.float32))
         out = os.path.join(runtime.cwd, "nm_preproc.nii.gz")
         nm.to_file(out)
