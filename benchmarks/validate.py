@@ -104,7 +104,7 @@ def run_cohort(name: str, kwargs: dict, root: Path, quality: str, nprocs: int) -
 def analyse(root: Path, names: dict, results: Path, plan: dict) -> None:
     """Every table the document needs, into ``results``."""
     results.mkdir(parents=True, exist_ok=True)
-    all_pairs, lc, variants, misreg, oracle = [], [], [], [], []
+    all_pairs, lc, variants, misreg, oracle, bias = [], [], [], [], [], []
     for name in names:
         d = root / name
         truth = measure.load_truth(d)
@@ -122,6 +122,7 @@ def analyse(root: Path, names: dict, results: Path, plan: dict) -> None:
                                  measure.native_and_template(d / "out", sub, ses, a["acq_type"], meas)]
                 if name == "icc" and a["acq_type"] == "GREMT":
                     oracle += [dict(cohort=name, **r) for r in measure.oracle_cr(d / "out", d, sub, ses, a, meas)]
+                    bias += [dict(cohort=name, **r) for r in measure.bias_correction(d / "out", d, sub, ses, a, meas)]
                 if name == "baseline" and a["acq_type"] in ("GREMT", "FSE"):
                     misreg += [dict(cohort=name, **r) for r in
                                measure.misregistration(d / "out", sub, ses, a["acq_type"], meas)]
@@ -132,6 +133,7 @@ def analyse(root: Path, names: dict, results: Path, plan: dict) -> None:
     pairs.to_csv(results / "pairs.tsv", sep="\t", index=False)
     pd.DataFrame(lc).to_csv(results / "lc_localisation.tsv", sep="\t", index=False)
     pd.DataFrame(oracle).to_csv(results / "oracle.tsv", sep="\t", index=False)
+    pd.DataFrame(bias).to_csv(results / "bias_field.tsv", sep="\t", index=False)
     truth_tabs = []
     for name in ("baseline", "icc"):
         t = measure.truth_table(measure.load_truth(root / name))

@@ -165,7 +165,8 @@ truth.json
                        "reference_value" are then those of the mt-on image),
                 "volume_mm3": {"SN": {"L", "R", "bilateral"}, ...} (native),
                 "coverage": {"SN": {"L", "R"}, ...} (fraction of the nucleus inside the slab),
-                "truth_dseg", "truth_probseg": files relative to OUT}]}}}}}
+                "truth_dseg", "truth_probseg", "truth_biasfield" (null without a field): files
+                       relative to OUT}]}}}}}
 
 Motion: ``motion_affines[r]`` (scanner mm) maps where a point of the head is in repeat 1 to
 where it is in repeat r: rotation by rx, then ry, then rz (degrees, scanner axes) about
@@ -176,7 +177,9 @@ where it is in repeat r: rotation by rx, then ry, then rz (degrees, scanner axes
 where at least half of the voxel is nucleus; 7-9 = CC_L, CC_R, PT where the voxel is wholly
 reference tissue (centre inside the pipeline's ellipsoid, every sub-sample pure reference tissue,
 no nucleus). ``*_desc-truth_probseg``: 4D, the fraction of each voxel inside each of the 6
-nuclei (2 x 2 in plane x 5+ through-slice sub-samples).
+nuclei (2 x 2 in plane x 5+ through-slice sub-samples). ``*_desc-truth_biasfield``: the
+multiplicative field on the NM grid of repeat 1 (fixed to the scanner, 1 at the slab centre;
+the same for every repeat), against which a bias correction can be scored.
 """
 from __future__ import annotations
 
@@ -1346,7 +1349,7 @@ def _simulate_acquisition(acq, i, prefix, rel_anat, out, opts, tm, nuclei, defor
     C_list = [A @ np.linalg.inv(M) @ slab.affine for M in motions]
     clean, frac, refcore = render_nm(tm, nuclei, deform, slab, C_list, contrasts,
                                      [nucleus_values(c) for c in contrasts], s0=s0)
-    imgs = []
+    imgs, bias = [], 1.0
     if opts.noise_free:
         imgs = [c for c in clean]
     else:
@@ -1401,6 +1404,10 @@ def _simulate_acquisition(acq, i, prefix, rel_anat, out, opts, tm, nuclei, defor
     prob_rel = truth_rel / f"{stem}_desc-truth_probseg.nii.gz"
     _save(dseg.reshape(slab.shape), slab.affine, out / dseg_rel)
     _save(frac.reshape(*slab.shape, len(NUCLEI)), slab.affine, out / prob_rel)
+    bias_rel = None
+    if not np.isscalar(bias):
+        bias_rel = truth_rel / f"{stem}_desc-truth_biasfield.nii.gz"
+        _save(bias.astype(np.float32), slab.affine, out / bias_rel)
 
     # volumes and coverage (native, through the exact inverse map)
     inv_slab = np.linalg.inv(slab.affine)
@@ -1445,6 +1452,7 @@ def _simulate_acquisition(acq, i, prefix, rel_anat, out, opts, tm, nuclei, defor
     entry["coverage"] = {roi: {h: _r(cov[f"{roi}_{h}"], 4) for h in HEMIS} for roi in ROIS}
     entry["truth_dseg"] = str(dseg_rel)
     entry["truth_probseg"] = str(prob_rel)
+    entry["truth_biasfield"] = None if bias_rel is None else str(bias_rel)
     return entry
 
 

@@ -111,6 +111,22 @@ def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def test_true_bias_field_is_the_one_in_the_image(tmp_path):
+    # high SNR, strong field: repeat 1 divided by the recorded field gives the reference
+    # tissues their bias-free values; undivided they are off by the field
+    sim.simulate_dataset(tmp_path, n_subjects=1, seed=3, acq="gremt", snr=400.0, bias=0.6, **FAST)
+    (_, _, a), = _all_acqs(json.loads((tmp_path / "truth.json").read_text()))
+    img = np.asarray(_load(tmp_path / "bids", a["source"]).dataobj, dtype=float)
+    img = img[..., 0] if img.ndim == 4 else img
+    field = np.asarray(_load(tmp_path, a["truth_biasfield"]).dataobj)
+    dseg = np.asarray(_load(tmp_path, a["truth_dseg"]).dataobj)
+    assert field.shape == img.shape and np.ptp(field) > 0.1
+    for tissue, labels in (("CC", (7, 8)), ("PT", (9,))):
+        ref = np.isin(dseg, labels)
+        assert np.median(img[ref] / field[ref]) == pytest.approx(a["reference_value"][tissue], rel=0.01)
+        assert np.median(field[ref]) != pytest.approx(1.0, abs=0.01)
+
+
 def test_deterministic_same_seed_different_other_seed(tmp_path):
     kw = dict(n_subjects=1, acq="gremt", **FAST)
     a = sim.simulate_dataset(tmp_path / "a", seed=3, **kw)
@@ -159,6 +175,7 @@ def test_truth_schema_and_files(cohort, cohort_truth):
         assert dseg.shape == img.shape[:3] and prob.shape == img.shape[:3] + (6,)
         assert np.allclose(dseg.affine, img.affine)
         assert img.shape[2] == a["n_slices"]
+        assert _load(cohort, a["truth_biasfield"]).shape == img.shape[:3]
         zooms = (a["inplane_mm"], a["inplane_mm"], a["slice_mm"])
         assert np.allclose(img.header.get_zooms()[:3], zooms, atol=1e-4)
         assert len(a["motion_mm"]) == a["n_repeats"] == len(a["motion_params"])

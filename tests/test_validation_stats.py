@@ -120,3 +120,20 @@ def test_recommend_never_prefers_a_choice_that_leaves_values_missing():
     assert rec["best"] == "threshold" and rec["keep_default"]
     s["max_per_slice"]["n_missing"] = 0
     assert st.recommend(s, "threshold")["best"] == "max_per_slice"
+
+
+def test_bias_table_field_error_in_percent_and_icc_per_field():
+    subs, sess = ["sub-01", "sub-02", "sub-03"], ["ses-1", "ses-2"]
+    err = {"100 mm": [0.001, -0.001, 0.002, 0.0, -0.002, 0.0]}  # per (sub, ses) in order
+    val = [0.20, 0.21, 0.25, 0.25, 0.30, 0.29]
+    rows = [dict(sub=s, ses=e, roi="SN", field=f, field_error=err[f][k], value=val[k])
+            for f in err for k, (s, e) in enumerate((s, e) for s in subs for e in sess)]
+    pairs = pd.DataFrame([dict(cohort="icc", acq_type="GREMT", measure="cr", hemi="bilateral", roi="SN",
+                               sub=s, ses=e, true=t) for s, t in zip(subs, (0.2, 0.25, 0.3)) for e in sess])
+    t = report.bias_table(pd.DataFrame(rows), pairs).iloc[0]
+    e = np.array(err["100 mm"]) * 100
+    assert t.field == "100 mm" and t.n == 6
+    assert t.error_sd_pct == pytest.approx(np.std(e, ddof=1))  # 0.1414 %
+    assert t.error_rms_pct == pytest.approx(np.sqrt(np.mean(e ** 2)))
+    assert t.icc == pytest.approx(report.st_icc(np.array(val).reshape(3, 2)))
+    assert t.r == pytest.approx(np.corrcoef(val, [0.2, 0.2, 0.25, 0.25, 0.3, 0.3])[0, 1])

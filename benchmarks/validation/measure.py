@@ -1,7 +1,7 @@
 """Reading nmbids outputs of phantom cohorts, matching them with truth.json, and measuring
 again from the written images (other reference statistics and CR methods, template space,
-a deliberately shifted NM -> T1w transform) with the functions the pipeline itself calls
-(``nmbids.registration``, ``nmbids.quantify.measure`` and ``quantify``)."""
+a deliberately shifted NM -> T1w transform, other bias fields) with the functions the
+pipeline itself calls (``nmbids.registration``, ``nmbids.quantify.measure`` and ``quantify``)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,6 +9,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import ants
 import nibabel as nb
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ import pandas as pd
 from nmbids import measures as m
 from nmbids.acquisitions import DEFAULT_REF_STAT, PROFILES, REF_STATS
 from nmbids.quantify import Grid, measure, quantify
+from nmbids.registration import n4_field, realign_repeats
 
 from .stats import centroid_mm, shift_directions, shifted_rigid
 
@@ -24,6 +26,12 @@ TARGETS = ("SN", "VTA", "LC")
 TRUTH_KEY = {"cr": "cr", "cr_roimean": "cr", "cr_threshold": "cr", "mtr": "mtr",
              "mtr_threshold": "mtr", "volume_mm3": "volume_mm3"}
 METHODS = ("roi_mean", "threshold", "top_volume", "max_per_slice")
+# N4 B-spline control-point spacings compared on the NM slab (mm; None: one mesh element)
+N4_SPACINGS = (None, 200.0, 100.0, 50.0)
+
+
+def spacing_label(spline_mm: float | None) -> str:
+    return "one element" if spline_mm is None else f"{spline_mm:g} mm"
 
 
 def read_table(path) -> pd.DataFrame:
@@ -190,6 +198,55 @@ def oracle_cr(out: Path, root: Path, sub: str, ses: str, acq: dict, meas: pd.Dat
         for hemi, mask in masks.items():
             rows.append(dict(sub=sub, ses=ses, acq_type=acq["acq_type"], roi=roi, hemi=hemi,
                              n_voxels=int(mask.sum()), value=m.cr_roimean(nm[mask], ref)))
+    return rows
+
+
+def bias_correction(out: Path, root: Path, sub: str, ses: str, acq: dict, meas: pd.DataFrame,
+                    spacings=N4_SPACINGS) -> list[dict]:
+    """The NM slab's N4 field at several control-point spacings against the phantom's true
+    field (``truth_biasfield``).
+
+    The repeats are realigned and averaged again from the raw images as the pipeline does
+    (``realign_repeats``), then divided by each N4 field (``n4_field(spline_mm=...)``) or by
+    the true field, and measured by ``quantify`` with the acquisition's profile and the
+    pipeline's ROIs. Rows per field and ROI (SN, LC; bilateral): ``field_error`` = mean of
+    estimated/true field over the ROI divided by its median over the ROI's reference region,
+    minus 1 (the relative error the field leaves in the ROI-to-reference ratio), and ``value``
+    = the ROI's CR."""
+    if not acq.get("truth_biasfield"):
+        raise KeyError("truth_biasfield (a phantom simulated without a bias field, or before it was recorded)")
+    acq_type = acq["acq_type"]
+    profile = PROFILES[acq_type]
+    f = session_files(out, sub, ses, acq_type)
+    table = pd.read_csv(f["atlas_table"], sep="\t")
+    cov = coverage_of(meas[(meas.participant_id == sub) & (meas.session_id == ses)], acq_type)
+    nii = nb.load(str(f["nm"]))
+    dseg = np.asanyarray(nb.load(str(f["dseg"])).dataobj).astype(int)
+    true_field = np.asanyarray(nb.load(str(Path(root) / acq["truth_biasfield"])).dataobj).astype(np.float32)
+    repeats = []
+    for src in acq["sources"]:
+        img = ants.image_read(str(Path(root) / "bids" / src))
+        repeats += ants.ndimage_to_list(img) if img.dimension == 4 else [img]
+    with tempfile.TemporaryDirectory() as tmp:
+        mean = realign_repeats(repeats, f"{tmp}/rep_")[0] if len(repeats) > 1 else repeats[0]
+    raw = mean.numpy()
+    if raw.shape != dseg.shape or true_field.shape != dseg.shape:
+        raise ValueError(f"NM {raw.shape}, ROIs {dseg.shape} and true field {true_field.shape} grids differ")
+    fields = {"true field": true_field}
+    fields.update({spacing_label(s): n4_field(mean, spline_mm=s).numpy() for s in spacings})
+    vox = float(np.prod(nii.header.get_zooms()[:3]))
+    rows = []
+    for label, est in fields.items():
+        res, _ = quantify(raw / np.maximum(est, 1e-6), dseg, table, cov, profile, DEFAULT_REF_STAT, vox,
+                          slice_axis=2, inferior_first=_inferior_first(nii))
+        cr = {r["roi"]: r["value"] for r in res if r["measure"] == "cr" and r["hemi"] == "bilateral"}
+        q = est / true_field
+        for roi in ("SN", "LC"):
+            in_roi = np.isin(dseg, table.loc[table.roi == roi, "index"])
+            in_ref = np.isin(dseg, table.loc[table.roi == profile.references[roi], "index"])
+            rows.append(dict(sub=sub, ses=ses, acq_type=acq_type, field=label, roi=roi, hemi="bilateral",
+                             field_error=float(q[in_roi].mean() / np.median(q[in_ref]) - 1),
+                             value=cr.get(roi, np.nan)))
     return rows
 
 
