@@ -137,3 +137,15 @@ def test_bias_table_field_error_in_percent_and_icc_per_field():
     assert t.error_rms_pct == pytest.approx(np.sqrt(np.mean(e ** 2)))
     assert t.icc == pytest.approx(report.st_icc(np.array(val).reshape(3, 2)))
     assert t.r == pytest.approx(np.corrcoef(val, [0.2, 0.2, 0.25, 0.25, 0.3, 0.3])[0, 1])
+
+
+def test_icc_confidence_interval_matches_published_values():
+    # Shrout & Fleiss (1979), table 2: 6 targets x 4 judges, ICC(2,1) = 0.29; the
+    # McGraw & Wong interval is [0.02, 0.76] (pingouin's intraclass_corr gives the same)
+    sf = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]], float)
+    lo, hi = st.icc_2_1_ci(sf)
+    assert (round(lo, 2), round(hi, 2)) == (0.02, 0.76)
+    two = np.array([[0.2, 0.21], [0.25, 0.25], [0.3, 0.29], [0.22, 0.2], [0.27, 0.28]])
+    lo, hi = st.icc_2_1_ci(two)
+    assert round(lo, 2) == 0.65 and lo < report.st_icc(two) < hi <= 1.0
+    assert np.isnan(st.icc_2_1_ci(two[:2])[0])

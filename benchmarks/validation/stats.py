@@ -122,3 +122,39 @@ def sd_total(sd_base: float, age_slope: float, age_range: tuple[float, float]) -
     """Between-subject SD of CR = base + slope * age, age ~ U(range) independent of base."""
     lo, hi = age_range
     return float(math.sqrt(sd_base ** 2 + (age_slope * (hi - lo)) ** 2 / 12.0))
+
+
+def icc_2_1_ci(data, alpha: float = 0.05) -> tuple[float, float]:
+    """Confidence interval (1 - alpha) of ICC(2,1), McGraw & Wong (1996), case 2A.
+
+    With n subjects, k sessions, the two-way ANOVA mean squares MSR (subjects), MSC
+    (sessions), MSE (residual) and the estimate p = ICC(2,1):
+    a = k p / (n (1 - p)), b = 1 + k p (n - 1) / (n (1 - p)),
+    v = (a MSC + b MSE)² / ((a MSC)² / (k - 1) + (b MSE)² / ((n - 1)(k - 1))),
+    F_L = F⁻¹(1 - alpha/2; n - 1, v), F_U = F⁻¹(1 - alpha/2; v, n - 1),
+    lower = n (MSR - F_L MSE) / (F_L (k MSC + (k n - k - n) MSE) + n MSR),
+    upper = n (F_U MSR - MSE) / (k MSC + (k n - k - n) MSE + n F_U MSR).
+    Complete cases only; (NaN, NaN) with fewer than 3 subjects.
+    """
+    from scipy.stats import f as fdist
+
+    from nmbids.measures import icc_2_1
+
+    x = np.asarray(data, float)
+    x = x[np.all(np.isfinite(x), axis=1)]
+    n, k = x.shape
+    if n < 3 or k < 2:
+        return NAN, NAN
+    grand = x.mean()
+    msr = k * np.sum((x.mean(axis=1) - grand) ** 2) / (n - 1)
+    msc = n * np.sum((x.mean(axis=0) - grand) ** 2) / (k - 1)
+    mse = (np.sum((x - grand) ** 2) - msr * (n - 1) - msc * (k - 1)) / ((n - 1) * (k - 1))
+    p = icc_2_1(x)
+    a = k * p / (n * (1 - p))
+    b = 1 + k * p * (n - 1) / (n * (1 - p))
+    v = (a * msc + b * mse) ** 2 / ((a * msc) ** 2 / (k - 1) + (b * mse) ** 2 / ((n - 1) * (k - 1)))
+    fl = fdist.ppf(1 - alpha / 2, n - 1, v)
+    fu = fdist.ppf(1 - alpha / 2, v, n - 1)
+    lower = n * (msr - fl * mse) / (fl * (k * msc + (k * n - k - n) * mse) + n * msr)
+    upper = n * (fu * msr - mse) / (k * msc + (k * n - k - n) * mse + n * fu * msr)
+    return float(lower), float(upper)
