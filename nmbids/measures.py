@@ -329,19 +329,13 @@ def snr(signal_values: ArrayLike, noise_values: ArrayLike, min_voxels: int = MIN
     return float(np.mean(s) / sd)
 
 
-def icc_2_1(data: ArrayLike) -> float:
-    """Shrout & Fleiss (1979) ICC(2,1): two-way random effects, absolute agreement,
-    single measurement.
+def two_way_mean_squares(data: ArrayLike) -> tuple[int, int, float, float, float]:
+    """Two-way ANOVA of an n subjects x k sessions array: ``(n, k, BMS, JMS, EMS)``.
 
-    ``data`` is n subjects x k sessions (or raters). With the two-way ANOVA
-    mean squares BMS (between subjects, df n-1), JMS (between sessions,
-    df k-1) and EMS (residual, df (n-1)(k-1)):
-
-        ICC(2,1) = (BMS - EMS) / (BMS + (k - 1) EMS + k (JMS - EMS) / n)
-
-    Unitless, at most 1 (can be negative). Subjects with any non-finite value
-    are dropped (complete cases). NaN when fewer than 2 subjects or 2 sessions
-    remain, or when the denominator is 0 (no variance at all).
+    BMS = k·Σ(row mean - grand)² / (n - 1) (between subjects), JMS = n·Σ(column mean -
+    grand)² / (k - 1) (between sessions), EMS = the rest of Σ(x - grand)² over
+    (n - 1)(k - 1). Subjects with any non-finite value are dropped (complete cases); the
+    mean squares are NaN when fewer than 2 subjects or 2 sessions remain.
     """
     x = np.asarray(data, dtype=float)
     if x.ndim != 2:
@@ -349,14 +343,31 @@ def icc_2_1(data: ArrayLike) -> float:
     x = x[np.all(np.isfinite(x), axis=1)]
     n, k = x.shape
     if n < 2 or k < 2:
-        return NAN
+        return n, k, NAN, NAN, NAN
     grand = x.mean()
     ss_rows = k * np.sum((x.mean(axis=1) - grand) ** 2)
     ss_cols = n * np.sum((x.mean(axis=0) - grand) ** 2)
     ss_err = np.sum((x - grand) ** 2) - ss_rows - ss_cols
-    bms = ss_rows / (n - 1)
-    jms = ss_cols / (k - 1)
-    ems = ss_err / ((n - 1) * (k - 1))
+    return n, k, float(ss_rows / (n - 1)), float(ss_cols / (k - 1)), float(ss_err / ((n - 1) * (k - 1)))
+
+
+def icc_2_1(data: ArrayLike) -> float:
+    """Shrout & Fleiss (1979) ICC(2,1): two-way random effects, absolute agreement,
+    single measurement.
+
+    ``data`` is n subjects x k sessions (or raters). With the two-way ANOVA
+    mean squares BMS (between subjects, df n-1), JMS (between sessions,
+    df k-1) and EMS (residual, df (n-1)(k-1)) of ``two_way_mean_squares``:
+
+        ICC(2,1) = (BMS - EMS) / (BMS + (k - 1) EMS + k (JMS - EMS) / n)
+
+    Unitless, at most 1 (can be negative). Subjects with any non-finite value
+    are dropped (complete cases). NaN when fewer than 2 subjects or 2 sessions
+    remain, or when the denominator is 0 (no variance at all).
+    """
+    n, k, bms, jms, ems = two_way_mean_squares(data)
+    if n < 2 or k < 2:
+        return NAN
     denom = bms + (k - 1) * ems + k * (jms - ems) / n
     if denom == 0:
         return NAN

@@ -128,7 +128,8 @@ def icc_2_1_ci(data, alpha: float = 0.05) -> tuple[float, float]:
     """Confidence interval (1 - alpha) of ICC(2,1), McGraw & Wong (1996), case 2A.
 
     With n subjects, k sessions, the two-way ANOVA mean squares MSR (subjects), MSC
-    (sessions), MSE (residual) and the estimate p = ICC(2,1):
+    (sessions), MSE (residual; ``nmbids.measures.two_way_mean_squares``) and the estimate
+    p = ICC(2,1):
     a = k p / (n (1 - p)), b = 1 + k p (n - 1) / (n (1 - p)),
     v = (a MSC + b MSE)² / ((a MSC)² / (k - 1) + (b MSE)² / ((n - 1)(k - 1))),
     F_L = F⁻¹(1 - alpha/2; n - 1, v), F_U = F⁻¹(1 - alpha/2; v, n - 1),
@@ -138,18 +139,12 @@ def icc_2_1_ci(data, alpha: float = 0.05) -> tuple[float, float]:
     """
     from scipy.stats import f as fdist
 
-    from nmbids.measures import icc_2_1
+    from nmbids.measures import icc_2_1, two_way_mean_squares
 
-    x = np.asarray(data, float)
-    x = x[np.all(np.isfinite(x), axis=1)]
-    n, k = x.shape
+    n, k, msr, msc, mse = two_way_mean_squares(data)
     if n < 3 or k < 2:
         return NAN, NAN
-    grand = x.mean()
-    msr = k * np.sum((x.mean(axis=1) - grand) ** 2) / (n - 1)
-    msc = n * np.sum((x.mean(axis=0) - grand) ** 2) / (k - 1)
-    mse = (np.sum((x - grand) ** 2) - msr * (n - 1) - msc * (k - 1)) / ((n - 1) * (k - 1))
-    p = icc_2_1(x)
+    p = icc_2_1(data)
     a = k * p / (n * (1 - p))
     b = 1 + k * p * (n - 1) / (n * (1 - p))
     v = (a * msc + b * mse) ** 2 / ((a * msc) ** 2 / (k - 1) + (b * mse) ** 2 / ((n - 1) * (k - 1)))
