@@ -286,6 +286,15 @@ def test_mt_tissue_mask():
     assert not m.mt_tissue_mask(mtr_map, float("nan")).any()
 
 
+def test_two_way_mean_squares_by_hand():
+    # grand mean 2.75; row means 1.5, 4 -> BMS = 2·(1.25² + 1.25²) / 1 = 6.25;
+    # column means 2, 3.5 -> JMS = 2·(0.75² + 0.75²) / 1 = 2.25; total SS 8.75 -> EMS 0.25
+    assert m.two_way_mean_squares([[1.0, 2.0], [3.0, 5.0]]) == pytest.approx((2, 2, 6.25, 2.25, 0.25))
+    n, k, bms, _, _ = m.two_way_mean_squares([[1.0, 2.0], [np.nan, 5.0], [3.0, 5.0]])
+    assert (n, k, bms) == (2, 2, pytest.approx(6.25))  # the incomplete subject is dropped
+    assert math.isnan(m.two_way_mean_squares([[1.0, 2.0]])[2])
+
+
 def test_icc_shrout_fleiss_table2():
     # n = 6, k = 4, grand mean 127/24; BMS = 11.24, JMS = 32.49, EMS = 1.02
     # ICC(2,1) = (11.2417 - 1.0194) / (11.2417 + 3*1.0194 + 4*(32.4861 - 1.0194)/6) = 0.2898
