@@ -27,16 +27,6 @@ def _seed():
     ants.config._random_seed = SEED
 
 
-# B-spline control-point spacing of the NM slab's N4 field (mm). Measured against the true
-# bias field of the test-retest phantom (docs/validation.md, bias-field table; 24 averaged
-# GRE-MT slabs, field ratio SN/CC): the error's SD was 0.35 % with ANTsPy's default single
-# mesh element, 0.21 % at 200 mm (ANTs' usual setting), 0.18 % at 100 mm and 0.30 % at
-# 50 mm; SN CR test-retest ICC on the same images 0.85, 0.92, 0.93, 0.90 (0.95 with the
-# true field). The field ratio between SN and its reference enters every CR, so the slab
-# takes 100 mm (about 2 x 2 x 1 elements).
-NM_N4_SPLINE_MM = 100.0
-
-
 def n4_field(image: ants.ANTsImage, mask: ants.ANTsImage | None = None, shrink: int = 4,
              iterations=(50,), block: int = 1, spline_mm: float | None = None) -> ants.ANTsImage:
     """Multiplicative bias field of a positive image by N4 (Tustison et al. 2010).

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from nmbids.registration import NM_N4_SPLINE_MM, _subsample, _upsample_linear, n4_field
+from nmbids.acquisitions import NM_N4_SPLINE_MM
+from nmbids.registration import _subsample, _upsample_linear, n4_field
 
 
 def _image(arr, spacing=(1.0, 1.0, 1.0), origin=(10.0, -20.0, 5.0)):

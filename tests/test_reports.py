@@ -331,6 +331,7 @@ def test_errors_and_methods(report):
     for ref in bp.references:
         assert ref in md
     assert "[1]" in md and "Fonov" in md
+    assert "control points every 100 mm" in md  # the NM slab's N4 setting (NM_N4_SPLINE_MM)
 
 
 def test_missing_derivatives_do_not_raise(pristine, tmp_path):

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nmbids.acquisitions import REF_STATS
+from nmbids.acquisitions import NM_N4_SPLINE_MM, REF_STATS
 from nmbids.measures import icc_2_1
-from nmbids.registration import NM_N4_SPLINE_MM
 
 from . import stats as st
 from .measure import METHODS, spacing_label
@@ -510,7 +509,7 @@ def render(meta: dict, t: dict, ch: dict, lc: pd.DataFrame, mr: pd.DataFrame) ->
                  "the phantom's true field; measured with the pipeline's ROIs. `error_sd_pct`/`error_rms_pct`: "
                  "SD and RMS over sessions of the field's error in the ratio between the ROI and its "
                  "reference region (what it adds to CR/(1+CR)), in %. The pipeline uses "
-                 f"{spacing_label(NM_N4_SPLINE_MM)} (`nmbids.registration.NM_N4_SPLINE_MM`).\n")
+                 f"{spacing_label(NM_N4_SPLINE_MM)} (`nmbids.acquisitions.NM_N4_SPLINE_MM`).\n")
         L.append(md_table(bt, {**nd, "error_sd_pct": 2, "error_rms_pct": 2}))
         sn = bt[(bt.roi == "SN") & (bt.field != "true field")]
         if len(sn):

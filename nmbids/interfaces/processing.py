@@ -146,7 +146,8 @@ class PrepareNM(SimpleInterface):
 
     def _run_interface(self, runtime):
         ants = _ants()
-        from ..registration import NM_N4_SPLINE_MM, n4_field, realign_repeats, resample_repeat, rigid
+        from ..acquisitions import NM_N4_SPLINE_MM
+        from ..registration import n4_field, realign_repeats, resample_repeat, rigid
 
         repeats = []
         for f in self.inputs.in_files:

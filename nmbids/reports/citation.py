@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..acquisitions import NM_N4_SPLINE_MM
 from ..outputs import atomic_write_text
 
 # Reference texts, cited in the paragraphs below as {key}.
@@ -74,7 +75,8 @@ _PARAGRAPHS = (
     "ScanningSequence, SequenceVariant, EchoTrainLength and related fields, or failing those its "
     "acq- label) as a gradient echo with magnetization-transfer preparation (GRE-MT), a "
     "T1-weighted fast spin echo (FSE) or an MT-on/MT-off pair (MTR). Repeated acquisitions "
-    "were realigned and averaged, and the average corrected with N4 {n4}. The NM slab was "
+    "were realigned and averaged, and the average corrected with N4 {n4} (one fitting level, "
+    "B-spline control points every {nm_n4_spline_mm:g} mm). The NM slab was "
     "registered to the T1w image with a rigid transform; template-space regions of interest "
     "(substantia nigra, SN; ventral tegmental area, VTA; locus coeruleus, LC) and reference "
     "regions (crus cerebri, CC; pontine tegmentum, PT) were brought into the native NM space by "
@@ -138,7 +140,7 @@ def methods_boilerplate(template_name: str, version: str) -> Boilerplate:
                 order.append(key)
             return f"[{order.index(key) + 1}]"
 
-    cite = _Cite(version=version, template_name=template_name)
+    cite = _Cite(version=version, template_name=template_name, nm_n4_spline_mm=NM_N4_SPLINE_MM)
     paragraphs = [text.format_map(cite) for text in _PARAGRAPHS]
     return Boilerplate(tuple(paragraphs), tuple(refs[k] for k in order))
 
