@@ -1354,7 +1354,6 @@ def _simulate_acquisition(acq, i, prefix, rel_anat, out, opts, tm, nuclei, defor
         imgs = [c for c in clean]
     else:
         bias_at = _bias_field(rng, opts.bias) if opts.bias > 0 else None
-        bias = 1.0
         if bias_at is not None:
             bias = bias_at(_apply(slab.affine, np.indices(slab.shape).reshape(3, -1).astype(float)))
             bias = (bias / bias_at(slab.center[:, None])).reshape(slab.shape)

@@ -17,7 +17,7 @@ import pandas as pd
 from nmbids import measures as m
 from nmbids.acquisitions import DEFAULT_REF_STAT, PROFILES, REF_STATS
 from nmbids.quantify import Grid, measure, quantify
-from nmbids.registration import n4_field, realign_repeats
+from nmbids.registration import inferior_first, n4_field, realign_repeats
 
 from .stats import centroid_mm, shift_directions, shifted_rigid
 
@@ -220,7 +220,6 @@ def bias_correction(out: Path, root: Path, sub: str, ses: str, acq: dict, meas: 
     f = session_files(out, sub, ses, acq_type)
     table = pd.read_csv(f["atlas_table"], sep="\t")
     cov = coverage_of(meas[(meas.participant_id == sub) & (meas.session_id == ses)], acq_type)
-    nii = nb.load(str(f["nm"]))
     dseg = np.asanyarray(nb.load(str(f["dseg"])).dataobj).astype(int)
     true_field = np.asanyarray(nb.load(str(Path(root) / acq["truth_biasfield"])).dataobj).astype(np.float32)
     repeats = []
@@ -234,11 +233,11 @@ def bias_correction(out: Path, root: Path, sub: str, ses: str, acq: dict, meas: 
         raise ValueError(f"NM {raw.shape}, ROIs {dseg.shape} and true field {true_field.shape} grids differ")
     fields = {"true field": true_field}
     fields.update({spacing_label(s): n4_field(mean, spline_mm=s).numpy() for s in spacings})
-    vox = float(np.prod(nii.header.get_zooms()[:3]))
+    vox, first = float(np.prod(mean.spacing)), inferior_first(mean)  # the grid of repeat 1, as the pipeline's
     rows = []
     for label, est in fields.items():
         res, _ = quantify(raw / np.maximum(est, 1e-6), dseg, table, cov, profile, DEFAULT_REF_STAT, vox,
-                          slice_axis=2, inferior_first=_inferior_first(nii))
+                          slice_axis=2, inferior_first=first)
         cr = {r["roi"]: r["value"] for r in res if r["measure"] == "cr" and r["hemi"] == "bilateral"}
         q = est / true_field
         for roi in ("SN", "LC"):
@@ -292,7 +291,7 @@ def misregistration(out: Path, sub: str, ses: str, acq_type: str, meas: pd.DataF
     reproduces (``same_labels``)."""
     import ants
 
-    from nmbids.registration import inferior_first, pull_atlas_to_nm, push_nm_to_template
+    from nmbids.registration import pull_atlas_to_nm, push_nm_to_template
 
     f = session_files(out, sub, ses, acq_type)
     table = pd.read_csv(f["atlas_table"], sep="\t")
