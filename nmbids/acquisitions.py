@@ -29,6 +29,16 @@ DEFAULT_REF_STAT = "median"
 NM_N4_SPLINE_MM = 100.0
 
 
+# Prefix of the CR methods that choose their voxels by the mean of each voxel's in-plane
+# neighbours instead of by the voxel's own intensity (measures.inplane_neighbour_mean):
+# "neighbour_top_volume", "neighbour_max_per_slice". Their selection does not see the noise of
+# the values averaged, so they do not read high at low SNR (docs/validation.md, SNR sweep).
+NEIGHBOUR = "neighbour_"
+
+
+TOP_VOLUME_MM3 = {"SN": 50.0, "VTA": 20.0}
+
+
 @dataclass(frozen=True)
 class AcquisitionProfile:
     name: str
@@ -40,8 +50,11 @@ class AcquisitionProfile:
     # where each target ROI is measured (absent: "native", the NM grid; "template": the NM
     # image pushed to the template, with the template's ROIs and reference regions)
     measure_space: dict = field(default_factory=dict)
-    # ``top_volume`` method: the brightest voxels making up this volume per side (mm³)
-    top_volume_mm3: float = 50.0
+    # ``top_volume`` methods: the voxels making up this volume per side (mm³), per target ROI.
+    # Chosen from first principles, not fitted: at most about a third of the nucleus, so that
+    # the voxels chosen lie in its interior, not in the partial-volume rim (SN about 260 mm³
+    # per side, VTA about 70 mm³ in AAL3 and in the phantom's builtin nuclei).
+    top_volume_mm3: dict = field(default_factory=lambda: dict(TOP_VOLUME_MM3))
     # reference region of the voxelwise CR map (the one Columbia-style maps use)
     map_reference: str = "CC"
     min_coverage: float = 0.5  # below this an ROI is not measured (value n/a)
@@ -51,40 +64,45 @@ class AcquisitionProfile:
     tissue_mtr_fraction: float | None = None
     # whether the NM image of this type carries NM contrast to report as CR
     report_cr: bool = True
+    # target ROI -> why its CR values are not yet reliable on this acquisition (the data
+    # dictionary and the report say so beside every such value)
+    unreliable: dict = field(default_factory=dict)
     description: str = ""
 
     def space_of(self, roi: str) -> str:
         return self.measure_space.get(roi, "native")
+
+    def top_volume_of(self, roi: str) -> float:
+        return self.top_volume_mm3.get(roi, TOP_VOLUME_MM3["SN"])
 
 
 PROFILES = {
     GREMT: AcquisitionProfile(
         name=GREMT,
         references={"SN": "CC", "VTA": "CC", "LC": "PT"},
-        # Chosen on the phantom validation (docs/validation.md). SN: the brightest 50 mm³ per
-        # side (of a ~260 mm³ nucleus) tracked the truth with slope 0.6-0.9 where the threshold
-        # mean compressed it to 0.3, with a higher test-retest ICC. VTA (~70 mm³): the same
-        # 50 mm³ once the repeats were resampled by B-spline (r 0.92, ICC 0.57, slope 0.53
-        # against 0.92, 0.42, 0.26 for the threshold mean, which had scored better with linear
-        # resampling). LC slice by slice (as in the LC literature; it gives the rostral, middle
-        # and caudal thirds): ICC 0.83, r 0.84.
-        cr_method={"SN": "top_volume", "VTA": "top_volume", "LC": "max_per_slice"},
-        # VTA in template space: there its CR tracked the truth as well (r 0.91 against 0.92)
-        # with a higher test-retest ICC (0.61 against 0.56; 0.66 against 0.42 with the
-        # threshold method); SN and LC scored better natively.
-        measure_space={"VTA": "template"},
+        # The CR methods choose their voxels by the mean of their in-plane neighbours
+        # (NEIGHBOUR), so that the choice does not see the noise of the values averaged: the
+        # brightest voxels read high by an offset that grows as SNR falls (docs/validation_snr.md:
+        # GRE-MT SN measured/true 1.09-2.22 from SNR 40 to 8 per repeat, 0.86-1.03 now). SN: a
+        # fixed volume rather than a threshold, whose mean compressed differences between
+        # subjects (slope 0.3 against 0.6-1.0, docs/validation.md). LC slice by slice, as in
+        # the LC literature (it gives the rostral, middle and caudal thirds). Every ROI on the
+        # native grid: with the neighbour choice the VTA read closer to the truth there than
+        # on the template's 1 mm grid (GRE-MT measured/true 1.01 against 0.73, r 0.80 against
+        # 0.74, at SNR 25 x 3 repeats, AAL3 nuclei).
+        cr_method={"SN": "neighbour_top_volume", "VTA": "neighbour_top_volume", "LC": "neighbour_max_per_slice"},
         description="2D/3D gradient echo with MT preparation; SN/VTA against the crus cerebri, "
                     "LC against the pontine tegmentum where the slab reaches the pons.",
     ),
     FSE: AcquisitionProfile(
         name=FSE,
         references={"SN": "CC", "VTA": "CC", "LC": "PT"},
-        # VTA like GRE-MT's (the brightest 50 mm³, template space). It tracks the truth only
-        # weakly on the phantom's FSE slab (docs/validation.md): with the N4 field at 100 mm,
-        # r 0.57 against 0.32 for the threshold mean in template space (0.60 and 0.35
-        # natively); in runs before, the threshold mean's r ranged from -0.18 to 0.65.
-        cr_method={"SN": "top_volume", "VTA": "top_volume", "LC": "max_per_slice"},
-        measure_space={"VTA": "template"},
+        # As GRE-MT's. The FSE VTA does not track the truth well (thick slices, a small dim
+        # nucleus: docs/validation_snr.md); its values are flagged as not yet reliable.
+        cr_method={"SN": "neighbour_top_volume", "VTA": "neighbour_top_volume", "LC": "neighbour_max_per_slice"},
+        unreliable={"VTA": "FSE VTA CR does not track the truth on the phantom validation (r 0.3-0.65, "
+                           "measured/true 0.4-0.8 across SNR; docs/validation_snr.md): a small, dim nucleus "
+                           "in thick slices"},
         threshold_k=2.0,  # lower contrast than GRE-MT
         map_reference="PT",
         description="T1-weighted fast/turbo spin echo; the classic LC protocol, LC measured "

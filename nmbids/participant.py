@@ -21,13 +21,13 @@ import pandas as pd
 from nipype.interfaces.base import isdefined
 
 from . import __version__
-from .acquisitions import PROFILES
+from .acquisitions import PROFILES, TOP_VOLUME_MM3
 from .bids import SessionPlan
 from .errors import EXIT_DATA, EXIT_FAILURE, EXIT_NO_INPUT, EXIT_OK, EXIT_USAGE, NmbidsError
 from .images import check_image
 from .outputs import (anat_dir, atomic_copy, atomic_write_json, atomic_write_tsv, bids_uri,
                       remove_stale_temporaries)
-from .quantify import MEASURE_COLUMNS
+from .quantify import MEASURE_COLUMNS, SNR_DESCRIPTION
 from .reports.warnings import (COVERAGE_MIN, MOTION_MAX_MM, NM2T1W_SIMILARITY_MIN, SNR_MIN,
                                T1W2TEMPLATE_SIMILARITY_MIN)
 from .workflows.participant import init_participant_wf, node_dir, node_names
@@ -442,7 +442,8 @@ def _plugin(options) -> dict:
 
 def measures_dictionary(ref_stat: str) -> dict:
     """The JSON data dictionary of the measures table: every column and every measure."""
-    top_volume = PROFILES["GREMT"].top_volume_mm3  # the same for every profile that uses it
+    sizes = ", ".join(f"{roi} {v:g}" for roi, v in TOP_VOLUME_MM3.items())
+    top_volume = f"make up a fixed volume per side ({sizes} mm3; twice that for bilateral)"
     return {
         "participant_id": {"Description": "participant label, with 'sub-'"},
         "session_id": {"Description": "session label with 'ses-', or n/a when the dataset has no sessions"},
@@ -452,7 +453,10 @@ def measures_dictionary(ref_stat: str) -> dict:
             "MTR": "MT on/off pair"}},
         "roi": {"Description": "region", "Levels": {
             "SN": "substantia nigra (search region; NM-rich voxels found from the data)",
-            "VTA": "ventral tegmental area", "LC": "locus coeruleus",
+            "VTA": "ventral tegmental area" + "".join(
+                f" ({acq}: not yet reliable: {p.unreliable['VTA']})" for acq, p in PROFILES.items()
+                if "VTA" in p.unreliable),
+            "LC": "locus coeruleus",
             "LC_rostral": "superior third of the LC slices", "LC_middle": "middle third",
             "LC_caudal": "inferior third", "CC": "crus cerebri (reference for SN and VTA)",
             "PT": "pontine tegmentum (reference for LC)"}},
@@ -462,6 +466,10 @@ def measures_dictionary(ref_stat: str) -> dict:
             "cr": "contrast ratio with the profile's default method (see 'method'): (I - ref(R)) / ref(R)",
             "cr_roimean": "mean over all ROI voxels of (I - ref(R)) / ref(R)",
             "cr_threshold": "mean (I - ref(R)) / ref(R) over the ROI voxels with I > ref(R) + k*sd(R)",
+            "cr_top_volume": "CR of the brightest ROI voxels (method top_volume, the SN and VTA default until "
+                             "voxels were chosen by their neighbours): it reads high at low SNR",
+            "cr_max_per_slice": "slice-wise CR of the brightest voxels per slice (method max_per_slice; the "
+                                "LC default before): reads high at low SNR",
             "cnr": "(mean(I) - mean(R)) / sd(R), sd with ddof=1",
             "volume_mm3": "number of ROI voxels with I > ref(R) + k*sd(R), times the voxel volume",
             "coverage": "fraction of the template-space ROI inside the NM slab",
@@ -476,10 +484,15 @@ def measures_dictionary(ref_stat: str) -> dict:
                  "fraction": "0 to 1", "percent": "percent", "a.u.": "arbitrary image units"}},
         "method": {"Description": "how the value was made", "Levels": {
             "threshold": "mean CR of the voxels above ref(R) + k*sd(R) (k in the threshold_k<k> label)",
-            "top_volume": f"mean CR of the brightest ROI voxels that make up {top_volume:g} mm3 per side "
-                          f"({2 * top_volume:g} mm3 for bilateral): the same volume in every subject",
+            "top_volume": f"mean CR of the brightest ROI voxels that {top_volume}: the same volume in "
+                          "every subject",
+            "neighbour_top_volume": f"mean CR of the ROI voxels that {top_volume}, chosen by the mean of "
+                                    "their 8 in-plane neighbours (the voxel itself left out), so that the "
+                                    "choice does not see the noise of the values averaged",
             "roi_mean": "mean over the whole ROI", "max_per_slice":
             "per slice, the mean of the 3 brightest ROI voxels against the slice's reference; averaged",
+            "neighbour_max_per_slice": "per slice, the mean of the 3 ROI voxels with the brightest 8 in-plane "
+                                       "neighbours against the slice's reference; averaged over slices",
             "template_roi_in_slab": "template ROI voxels covered by the slab / all ROI voxels",
             "reference": "statistic of the reference region"}},
         "space": {"Description": "where the value was measured", "Levels": {
@@ -503,7 +516,7 @@ def qc_dictionary() -> dict:
         "motion_mean_mm": {"Description": "mean displacement of the repeats after the first, relative to it",
                            "Units": "mm"},
         "motion_max_mm": {"Description": "largest displacement of any repeat relative to the first", "Units": "mm"},
-        "snr": {"Description": "mean / sd of the reference region (tissue spread counts as noise)"},
+        "snr": {"Description": SNR_DESCRIPTION, "Units": "ratio"},
         "nm2t1w_similarity": {"Description": "|Pearson r| between the NM slab and the T1w resampled onto it "
                                              "after rigid registration, inside the slab"},
         "t1w2template_similarity": {"Description": "|Pearson r| between the warped T1w and the template "
@@ -512,6 +525,6 @@ def qc_dictionary() -> dict:
         "coverage_VTA": {"Description": "fraction of the template VTA inside the slab", "Units": "fraction"},
         "coverage_LC": {"Description": "fraction of the template LC inside the slab", "Units": "fraction"},
         "flags": {"Description": "';'-separated QC warnings: low_coverage_<ROI> (< 0.5), high_motion "
-                                 "(> 1.5 mm), low_snr (< 10), poor_nm2t1w_registration (similarity < 0.3), "
+                                 f"(> 1.5 mm), low_snr (< {SNR_MIN:g}), poor_nm2t1w_registration (similarity < 0.3), "
                                  "poor_t1w2template_registration (similarity < 0.5)"},
     }

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from . import measures as m
-from .acquisitions import AcquisitionProfile
+from .acquisitions import NEIGHBOUR, AcquisitionProfile
 
 MEASURE_COLUMNS = ["participant_id", "session_id", "source", "acq_type", "roi", "hemi", "measure",
                    "value", "unit", "method", "space", "reference", "ref_stat"]
@@ -83,6 +83,9 @@ def quantify(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage: di
     masks = region_masks(dseg, table)
     rows, refs = [], {}
     targets = {roi: ref for roi, ref in profile.references.items() if rois is None or roi in rois}
+    # selection scores of the neighbour_* methods: computed once per grid, only when used
+    scores = m.inplane_neighbour_mean(nm, slice_axis) \
+        if any(profile.cr_method.get(r, "").startswith(NEIGHBOUR) for r in targets) else None
 
     def row(roi, hemi, measure, value, unit, method="n/a", reference="n/a", stat="n/a", where=space):
         value = float(value) if value is not None and np.isfinite(value) else None
@@ -95,7 +98,10 @@ def quantify(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage: di
         values = nm[masks.get((ref_roi, "bilateral"), np.zeros(nm.shape, bool))]
         ref = m.reference_value(values, ref_stat, min_voxels=profile.min_voxels)
         sd = float(np.nanstd(values, ddof=1)) if np.isfinite(values).sum() > 1 else float("nan")
-        refs[ref_roi] = {"value": ref, "sd": sd, "n": int(np.isfinite(values).sum()), "values": values}
+        noise = m.noise_sd(nm, masks.get((ref_roi, "bilateral"), np.zeros(nm.shape, bool)), slice_axis,
+                           profile.min_voxels)
+        refs[ref_roi] = {"value": ref, "sd": sd, "noise_sd": noise, "n": int(np.isfinite(values).sum()),
+                         "values": values}
         row(ref_roi, "bilateral", "reference_value", ref, "a.u.", "reference", "n/a", ref_stat)
 
     for roi, ref_roi in targets.items():
@@ -117,13 +123,26 @@ def quantify(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage: di
             contrast = m.cnr(values, ref_values, profile.min_voxels) if values.size else np.nan
             method = profile.cr_method.get(roi, "threshold")
             default = {"threshold": cr_thr, "roi_mean": cr_roi}.get(method)
-            if method == "top_volume":  # a fixed volume per side: twice as much for both sides
-                volume = profile.top_volume_mm3 * (2 if hemi == "bilateral" else 1)
-                default = m.cr_top_volume(values, ref, volume, voxel_volume, profile.min_voxels)
-            elif method == "max_per_slice":
+            base = method.removeprefix(NEIGHBOUR)  # the brightest-voxel method it refines
+            roi_scores = scores[masks[(roi, hemi)]] if method != base and values.size else None
+            brightest = None
+            if base == "top_volume":  # a fixed volume per side: twice as much for both sides
+                volume = profile.top_volume_of(roi) * (2 if hemi == "bilateral" else 1)
+                default = m.cr_top_volume(values, ref, volume, voxel_volume, profile.min_voxels,
+                                          scores=roi_scores) if values.size else np.nan
+                if method != base:
+                    brightest = m.cr_top_volume(values, ref, volume, voxel_volume, profile.min_voxels) \
+                        if values.size else np.nan
+            elif base == "max_per_slice":
                 default = _slice_max(nm, masks, roi, hemi, ref_roi, ref_stat, profile, slice_axis,
-                                     inferior_first, row, measurable)
+                                     inferior_first, row, measurable, method,
+                                     scores if method != base else None)
+                if method != base:
+                    brightest = _slice_max(nm, masks, roi, hemi, ref_roi, ref_stat, profile, slice_axis,
+                                           inferior_first, None, measurable, base, None)
             row(roi, hemi, "cr", default, "ratio", method, ref_roi, ref_stat)
+            if brightest is not None:  # the brightest voxels, the method before, kept selectable
+                row(roi, hemi, f"cr_{base}", brightest, "ratio", base, ref_roi, ref_stat)
             row(roi, hemi, "cr_roimean", cr_roi, "ratio", "roi_mean", ref_roi, ref_stat)
             row(roi, hemi, "cr_threshold", cr_thr, "ratio", f"threshold_k{profile.threshold_k:g}", ref_roi, ref_stat)
             row(roi, hemi, "cnr", contrast, "ratio", "roi_mean", ref_roi, "mean")
@@ -131,18 +150,21 @@ def quantify(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage: di
     return rows, refs
 
 
-def _slice_max(nm, masks, roi, hemi, ref_roi, ref_stat, profile, axis, inferior_first, row, measurable):
-    """Slice-wise max CR (FSE LC): whole-ROI value plus rostral/middle/caudal thirds."""
+def _slice_max(nm, masks, roi, hemi, ref_roi, ref_stat, profile, axis, inferior_first, row, measurable,
+               method, scores):
+    """Slice-wise max CR (LC): the whole-ROI value, and (when ``row`` is given) rows of the
+    rostral/middle/caudal thirds. ``scores`` choose the voxels (None: the brightest)."""
     if not measurable or (roi, hemi) not in masks:
         profile_vals = np.full(nm.shape[axis], np.nan)
     else:
         profile_vals = m.slice_max_cr(nm, masks[(roi, hemi)], masks[(ref_roi, "bilateral")], axis=axis,
-                                      stat=ref_stat, min_voxels=profile.min_voxels)
+                                      stat=ref_stat, min_voxels=profile.min_voxels, scores=scores)
     if not inferior_first:
         profile_vals = profile_vals[::-1]
     rostral, middle, caudal = m.split_thirds(profile_vals)
     for name, val in (("rostral", rostral), ("middle", middle), ("caudal", caudal)):
-        row(f"{roi}_{name}", hemi, "cr", val, "ratio", "max_per_slice", ref_roi, ref_stat)
+        if row is not None:
+            row(f"{roi}_{name}", hemi, "cr", val, "ratio", method, ref_roi, ref_stat)
     finite = profile_vals[np.isfinite(profile_vals)]
     return float(np.mean(finite)) if finite.size >= 3 else np.nan
 
@@ -208,9 +230,24 @@ def mt_rows(mtr_map: np.ndarray, enhancement: np.ndarray, mt_on: np.ndarray, dse
     return rows
 
 
+# The QC table's ``snr`` column as its data dictionaries (participant and group) describe it.
+SNR_DESCRIPTION = ("SNR of the NM image as measured (repeats averaged, bias-corrected): the reference "
+                   "value of the map's reference region (crus cerebri; pontine tegmentum for FSE) over "
+                   "the noise sd estimated in that region from each voxel's difference to the mean of its "
+                   "8 in-plane neighbours (1.4826 x MAD / sqrt(1 + 1/8)); the tissue's own spread does "
+                   "not count as noise")
+
+
 def qc_snr(refs: dict, map_reference: str) -> float:
-    """SNR of the reference region: mean/sd of its voxels (tissue spread counts as noise)."""
+    """SNR of the measured NM image: ref(R) / sigma, R the map's reference region.
+
+    ref(R) is the reference value (the profile's statistic) and sigma the image noise sd
+    estimated inside R from the differences between each voxel and its in-plane neighbours
+    (``measures.noise_sd``), so that the tissue's own spread across R does not count as
+    noise. It is the SNR of the image the measures see (repeats averaged), the quantity
+    that sets how far a brightest-voxel estimate reads high (docs/validation.md)."""
     ref = refs.get(map_reference) or next(iter(refs.values()), None)
-    if not ref:
+    if not ref or not (np.isfinite(ref["value"]) and np.isfinite(ref.get("noise_sd", np.nan))) \
+            or ref["noise_sd"] <= 0:
         return float("nan")
-    return m.snr(ref["values"], ref["values"])
+    return float(ref["value"] / ref["noise_sd"])

@@ -225,11 +225,12 @@ def resample_repeat(fixed: ants.ANTsImage, moving: ants.ANTsImage, transforms: l
     return out.new_image_like(np.clip(out.numpy(), 0.0, None).astype(np.float32))
 
 
-def realign_repeats(repeats: list[ants.ANTsImage], outprefix: str) -> tuple[ants.ANTsImage, list[float]]:
-    """Rigidly realign repeats to the first (B-spline resampling) and average them.
+def align_repeats(repeats: list[ants.ANTsImage], outprefix: str) -> tuple[list[np.ndarray], list[float]]:
+    """Rigidly realign repeats to the first (B-spline resampling).
 
-    Returns the mean image and, per repeat, the motion relative to the first as the mean
-    displacement (mm) of the slab's voxel grid under the rigid transform.
+    Returns the arrays of the repeats on the first one's grid and, per repeat, the motion
+    relative to the first as the mean displacement (mm) of the slab's voxel grid under the
+    rigid transform.
     """
     ref = repeats[0]
     aligned, motion = [ref.numpy()], [0.0]
@@ -238,6 +239,14 @@ def realign_repeats(repeats: list[ants.ANTsImage], outprefix: str) -> tuple[ants
         reg = rigid(ref, mov, f"{outprefix}rep{k}_")
         motion.append(mean_displacement(reg["fwdtransforms"][0], pts))
         aligned.append(resample_repeat(ref, mov, reg["fwdtransforms"]).numpy())
+    return aligned, motion
+
+
+def realign_repeats(repeats: list[ants.ANTsImage], outprefix: str) -> tuple[ants.ANTsImage, list[float]]:
+    """Rigidly realign repeats to the first (``align_repeats``) and average them: the mean
+    image and the motion of each repeat (mm)."""
+    aligned, motion = align_repeats(repeats, outprefix)
+    ref = repeats[0]
     mean = ants.from_numpy(np.mean(aligned, axis=0), origin=ref.origin, spacing=ref.spacing,
                            direction=ref.direction)
     return mean, motion

@@ -29,7 +29,9 @@ def _value(rows, roi, hemi, measure):
 
 def test_quantify_sn_by_hand():
     nm, dseg, coverage = _scene()
-    profile = PROFILES["GREMT"]
+    # the brightest voxels (top_volume), whose values this strip makes easy to count by hand
+    profile = dataclasses.replace(PROFILES["GREMT"], cr_method={"SN": "top_volume", "VTA": "top_volume",
+                                                                "LC": "max_per_slice"})
     rows, refs = quantify(nm, dseg, TABLE, coverage, profile, "median", voxel_volume=2.0)
     # reference: median of CC = 100, sd (ddof=1) of [98,100,102]*2 = sqrt(8*2/5) = 1.7889
     assert refs["CC"]["value"] == pytest.approx(100.0)
@@ -41,7 +43,7 @@ def test_quantify_sn_by_hand():
     assert _value(rows, "SN", "L", "cr") is None
     # 10 mm3 = the five brightest voxels (130) -> 0.30; 12 mm3 = six -> (5*0.3 + 0) / 6
     for volume, expected in ((10.0, 0.30), (12.0, 0.25)):
-        small = dataclasses.replace(profile, top_volume_mm3=volume)
+        small = dataclasses.replace(profile, top_volume_mm3={"SN": volume})
         r, _ = quantify(nm, dseg, TABLE, coverage, small, "median", voxel_volume=2.0)
         assert _value(r, "SN", "L", "cr") == pytest.approx(expected)
         assert next(x for x in r if x["roi"] == "SN" and x["hemi"] == "L" and x["measure"] == "cr")["method"] \
@@ -93,7 +95,7 @@ def test_fse_lc_slice_profile_thirds():
         nm[:3, 1, z] = (100 + 10 * z) * (1 + 0.1 * (z + 1))  # three bright voxels, CR 0.1*(z+1)
         nm[3, 1, z] = 0.0
     coverage = {("LC", "L"): 1.0, ("LC", "bilateral"): 1.0}
-    profile = PROFILES["FSE"]
+    profile = dataclasses.replace(PROFILES["FSE"], cr_method={"LC": "max_per_slice"})
     rows, _ = quantify(nm, dseg, TABLE, coverage, profile, "median", voxel_volume=1.0)
     # slices 0..5 run inferior -> superior: caudal = mean(0.1, 0.2), middle = mean(0.3, 0.4),
     # rostral = mean(0.5, 0.6); the whole-LC value is the mean over slices = 0.35
@@ -101,6 +103,53 @@ def test_fse_lc_slice_profile_thirds():
     assert _value(rows, "LC_middle", "L", "cr") == pytest.approx(0.35)
     assert _value(rows, "LC_rostral", "L", "cr") == pytest.approx(0.55)
     assert _value(rows, "LC", "L", "cr") == pytest.approx(0.35)
+
+
+def _noise_spike_scene():
+    """One slice, 7 x 10: CC in the top two rows (100), SN_L below. The SN search region holds
+    a 3 x 3 nucleus of 120 centred at (4, 2) and one isolated voxel of 180 (noise) at (2, 7),
+    far from the nucleus and from the image edge (where a voxel has fewer neighbours)."""
+    dseg = np.full((7, 10, 1), 1)
+    dseg[:2] = 7
+    nm = np.full((7, 10, 1), 100.0)
+    nm[3:6, 1:4, 0] = 120.0
+    nm[2, 7, 0] = 180.0
+    coverage = {("SN", "L"): 1.0, ("SN", "bilateral"): 1.0, ("LC", "L"): 1.0, ("LC", "bilateral"): 1.0}
+    return nm, dseg, coverage
+
+
+def test_default_cr_chooses_voxels_by_their_neighbours():
+    """neighbour_top_volume (the SN default): the voxels whose 8 in-plane neighbours are
+    brightest, their own values averaged; the brightest voxels stay in cr_top_volume."""
+    nm, dseg, coverage = _noise_spike_scene()
+    profile = dataclasses.replace(PROFILES["GREMT"], top_volume_mm3={"SN": 1.0})  # min_voxels = 5 voxels
+    assert profile.cr_method["SN"] == "neighbour_top_volume"
+    rows, _ = quantify(nm, dseg, TABLE, coverage, profile, "median", voxel_volume=1.0)
+    # scores: the nucleus centre (4, 2) 120, its 4 edge-middles 112.5, the spike's neighbours
+    # 110, the spike itself 100: the 5 chosen are nucleus voxels of 120 -> CR 0.2
+    cr = next(r for r in rows if (r["roi"], r["hemi"], r["measure"]) == ("SN", "L", "cr"))
+    assert cr["value"] == pytest.approx(0.2) and cr["method"] == "neighbour_top_volume"
+    old = next(r for r in rows if (r["roi"], r["hemi"], r["measure"]) == ("SN", "L", "cr_top_volume"))
+    # the 5 brightest: the spike and 4 nucleus voxels -> (180 + 4 * 120) / 5 = 132
+    assert old["value"] == pytest.approx(0.32) and old["method"] == "top_volume"
+
+
+def test_default_lc_cr_chooses_voxels_by_their_neighbours():
+    """neighbour_max_per_slice (the LC default): per slice the 3 voxels with the brightest
+    neighbourhoods; the brightest voxels stay in cr_max_per_slice."""
+    nm, dseg, coverage = _noise_spike_scene()
+    dseg = np.where(dseg == 1, 5, np.where(dseg == 7, 9, dseg))  # SN -> LC_L, CC -> PT
+    nm = np.repeat(nm, 3, axis=2)  # 3 identical slices (thirds need 3)
+    dseg = np.repeat(dseg, 3, axis=2)
+    profile = PROFILES["FSE"]
+    assert profile.cr_method["LC"] == "neighbour_max_per_slice"
+    rows, _ = quantify(nm, dseg, TABLE, coverage, profile, "median", voxel_volume=1.0)
+    # scores: centre (4,2) 120; the edge-middles (3 nucleus neighbours of 120 + 2 + 3 of 100)
+    # 112.5, corners 107.5, the spike's neighbours at most 110: the top 3 are all 120
+    assert _value(rows, "LC", "L", "cr") == pytest.approx(0.2)
+    assert _value(rows, "LC_rostral", "L", "cr") == pytest.approx(0.2)
+    # the 3 brightest: 180, 120, 120 -> (140 - 100) / 100
+    assert _value(rows, "LC", "L", "cr_max_per_slice") == pytest.approx(0.4)
 
 
 def test_measure_takes_each_roi_from_the_space_its_profile_names():

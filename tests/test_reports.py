@@ -397,13 +397,19 @@ def test_read_only_home(tmp_path):
 def test_warning_rules():
     assert qcw.coverage_low("0.49") and not qcw.coverage_low("0.5") and not qcw.coverage_low("n/a")
     assert qcw.cr_implausible("0.61") and qcw.cr_implausible("-0.11") and not qcw.cr_implausible("0.6")
-    row = {"motion_max_mm": "1.6", "snr": "9.9", "nm2t1w_similarity": "0.1", "coverage_SN": "0.2",
+    row = {"motion_max_mm": "1.6", "snr": "14.9", "nm2t1w_similarity": "0.1", "coverage_SN": "0.2",
            "t1w2template_similarity": "0.49"}
     assert {w.what for w in qcw.qc_row_warnings(row)} == {"motion_max_mm", "snr", "nm2t1w_similarity",
                                                           "coverage_SN", "t1w2template_similarity"}
-    ok = {"motion_max_mm": "1.5", "snr": "10", "nm2t1w_similarity": "n/a", "coverage_SN": "0.5",
+    ok = {"motion_max_mm": "1.5", "snr": "15", "nm2t1w_similarity": "n/a", "coverage_SN": "0.5",
           "t1w2template_similarity": "0.5"}
     assert qcw.qc_row_warnings(ok) == []
+    # a CR of a ROI that its acquisition profile marks as not yet reliable (FSE VTA) warns, with why
+    fse_vta = {"acq_type": "FSE", "roi": "VTA", "hemi": "L", "measure": "cr", "value": "0.05"}
+    (w,) = qcw.measures_row_warnings(fse_vta)
+    assert w.rule.startswith("not yet reliable") and "FSE VTA" in w.rule
+    assert qcw.measures_row_warnings(dict(fse_vta, acq_type="GREMT")) == []
+    assert qcw.measures_row_warnings(dict(fse_vta, value="n/a")) == []
 
 
 # ----------------------------------------------------------------------------- browser

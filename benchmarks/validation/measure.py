@@ -25,7 +25,7 @@ ACQ_LABEL = {"GREMT": "NM", "FSE": "FSE", "MTR": "MTR"}
 TARGETS = ("SN", "VTA", "LC")
 TRUTH_KEY = {"cr": "cr", "cr_roimean": "cr", "cr_threshold": "cr", "mtr": "mtr",
              "mtr_threshold": "mtr", "volume_mm3": "volume_mm3"}
-METHODS = ("roi_mean", "threshold", "top_volume", "max_per_slice")
+METHODS = ("roi_mean", "threshold", "top_volume", "max_per_slice", "neighbour_top_volume", "neighbour_max_per_slice")
 # N4 B-spline control-point spacings compared on the NM slab (mm; None: one mesh element)
 N4_SPACINGS = (None, 200.0, 100.0, 50.0)
 
@@ -170,7 +170,7 @@ def native_and_template(out: Path, sub: str, ses: str, acq_type: str, meas: pd.D
     tvox = float(np.prod(tnii.header.get_zooms()[:3]))
     rows += [dict(space="template", **r) for r in
              measure_variants(tnm, atlas, table, cov, acq_type, tvox, _inferior_first(tnii),
-                              stats=(DEFAULT_REF_STAT,), methods=("roi_mean", "threshold", "top_volume"))]
+                              stats=(DEFAULT_REF_STAT,), methods=("roi_mean", "threshold", "top_volume", "neighbour_top_volume"))]
     return [dict(sub=sub, ses=ses, acq_type=acq_type, **r) for r in rows]
 
 

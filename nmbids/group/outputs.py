@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..outputs import atomic_path as _atomic_path
+from ..quantify import SNR_DESCRIPTION
 from .errors import EXIT_CANTCREAT, GroupError
 
 NA = "n/a"
@@ -166,7 +167,7 @@ QC_COLUMNS_DOC = {
     "n_repeats": {"Description": "Number of repeats averaged."},
     "motion_mean_mm": {"Description": "Mean displacement of the repeats relative to the first.", "Units": "mm"},
     "motion_max_mm": {"Description": "Maximum displacement of the repeats relative to the first.", "Units": "mm"},
-    "snr": {"Description": "Signal-to-noise ratio of the NM image.", "Units": "ratio"},
+    "snr": {"Description": SNR_DESCRIPTION, "Units": "ratio"},
     "nm2t1w_similarity": {"Description": "Similarity of the NM image to the T1w after registration."},
     "t1w2template_similarity": {"Description": "Similarity of the T1w to the template after registration."},
     "coverage_SN": {"Description": "Fraction of the SN atlas ROI inside the NM slab.", "Units": "fraction"},

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..acquisitions import NM_N4_SPLINE_MM
+from ..acquisitions import NM_N4_SPLINE_MM, TOP_VOLUME_MM3
 from ..outputs import atomic_write_text
 
 # Reference texts, cited in the paragraphs below as {key}.
@@ -80,14 +80,18 @@ _PARAGRAPHS = (
     "registered to the T1w image with a rigid transform; template-space regions of interest "
     "(substantia nigra, SN; ventral tegmental area, VTA; locus coeruleus, LC) and reference "
     "regions (crus cerebri, CC; pontine tegmentum, PT) were brought into the native NM space by "
-    "composing the inverse T1w-to-template transform with the inverse NM-to-T1w transform; "
-    "the VTA was measured instead on the NM image resampled to the template, against the "
-    "template's reference region (the more reliable choice in the nmbids phantom validation).",
+    "composing the inverse T1w-to-template transform with the inverse NM-to-T1w transform.",
 
     "Measures. The contrast ratio CR = (I - ref(R)) / ref(R) was computed with the reference "
     "region R being the crus cerebri for SN and VTA and the pontine tegmentum for LC "
     "{cassidy2019}{sasaki2006}; ref(R) is the mode of a Gaussian kernel density estimate "
-    "(Scott's bandwidth {scott1992}), the median or the mean of R. Contrast-to-noise ratio, "
+    "(Scott's bandwidth {scott1992}), the median or the mean of R. The CR of SN and VTA is the "
+    "mean CR of the voxels that make up a fixed volume per side ({top_volumes} mm3), and the "
+    "LC CR the mean over slices of the CR of 3 voxels per slice; in both cases the voxels are "
+    "chosen by the mean intensity of their 8 in-plane neighbours, the voxel itself left out, "
+    "so that the choice is independent of the noise of the values averaged (choosing the "
+    "brightest voxels biases CR upwards by an amount that grows as the signal-to-noise ratio "
+    "falls). Contrast-to-noise ratio, "
     "supra-threshold volume (voxels above ref(R) + k sd(R)), the LC maximum-intensity contrast "
     "per slice summarised over rostral, middle and caudal thirds {tona2017}, the fraction of "
     "each region covered by the slab and, for MT pairs, the magnetization-transfer ratio "
@@ -140,7 +144,8 @@ def methods_boilerplate(template_name: str, version: str) -> Boilerplate:
                 order.append(key)
             return f"[{order.index(key) + 1}]"
 
-    cite = _Cite(version=version, template_name=template_name, nm_n4_spline_mm=NM_N4_SPLINE_MM)
+    cite = _Cite(version=version, template_name=template_name, nm_n4_spline_mm=NM_N4_SPLINE_MM,
+                 top_volumes=", ".join(f"{roi} {v:g}" for roi, v in TOP_VOLUME_MM3.items()))
     paragraphs = [text.format_map(cite) for text in _PARAGRAPHS]
     return Boilerplate(tuple(paragraphs), tuple(refs[k] for k in order))
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..acquisitions import PROFILES
+
 NA = "n/a"
 
 #: Fraction of an ROI (atlas weight) inside the NM slab below which its measures are
@@ -18,8 +20,10 @@ COVERAGE_MIN = 0.5
 #: Largest displacement between repeats (QC motion_max_mm), in mm. Above about one
 #: and a half voxels of a typical 1.5-3 mm NM slice, averaging repeats blurs the nuclei.
 MOTION_MAX_MM = 1.5
-#: Signal-to-noise ratio (QC snr, unitless) below which NM contrast is noise-dominated.
-SNR_MIN = 10.0
+#: SNR of the measured NM image (QC snr, unitless; quantify.qc_snr) below which the CR
+#: estimates drift: on the SNR sweep (docs/validation_snr.md) LC CR read 0.70-0.76 of the
+#: truth at image SNR 12.6-14 (0.83-0.88 above 20) and FSE SN 0.49-0.76 at 7-13.
+SNR_MIN = 15.0
 #: NM -> T1w registration similarity (QC nm2t1w_similarity), below which the slab is
 #: probably misregistered. Provisional: set for a correlation-type metric in [-1, 1]
 #: computed inside the slab; recalibrate on phantom runs when the metric is fixed.
@@ -54,7 +58,11 @@ THRESHOLDS: tuple[Threshold, ...] = (
               f"warn when > {MOTION_MAX_MM} mm",
               "repeats moved more than about a voxel; the averaged image is blurred"),
     Threshold("snr", "QC snr", f"warn when < {SNR_MIN:g}",
-              "noise dominates the contrast of small nuclei"),
+              "below it the phantom validation's CR estimates read low by more than 20 % "
+              "(LC, FSE): average more repeats"),
+    Threshold("unreliable", "measures rows measure cr* of a ROI its acquisition profile marks",
+              "warn on every value",
+              "the validation shows the value does not track the truth (FSE VTA)"),
     Threshold("nm2t1w_similarity", "QC nm2t1w_similarity",
               f"warn when < {NM2T1W_SIMILARITY_MIN}",
               "the NM slab is probably misregistered to the T1w; ROIs may be misplaced "
@@ -104,6 +112,13 @@ def cr_implausible(value: object) -> bool:
     return v is not None and not (CR_MIN <= v <= CR_MAX)
 
 
+def unreliable_reason(row: dict[str, str]) -> str | None:
+    """Why the CR of this measures row's ROI is not yet reliable on its acquisition (the
+    profile's ``unreliable``), or None."""
+    profile = PROFILES.get(row.get("acq_type", ""))
+    return profile.unreliable.get(row.get("roi", "")) if profile else None
+
+
 def qc_row_warnings(row: dict[str, str]) -> list[QCWarning]:
     """Warnings for one row of *_desc-nm_qc.tsv."""
     out: list[QCWarning] = []
@@ -138,6 +153,8 @@ def measures_row_warnings(row: dict[str, str]) -> list[QCWarning]:
         rule = f"< {COVERAGE_MIN}"
     elif measure in CR_MEASURES and cr_implausible(row.get("value")):
         rule = f"outside {CR_MIN} .. {CR_MAX}"
+    elif measure.startswith("cr") and as_float(row.get("value")) is not None and unreliable_reason(row):
+        rule = f"not yet reliable: {unreliable_reason(row)}"
     else:
         return []
     return [QCWarning(row.get("session_id", NA), row.get("source", NA), what,
