@@ -66,6 +66,20 @@ class _LogFile(logging.FileHandler):
         pass
 
 
+class _OneLine(logging.Formatter):
+    """Console lines never carry a traceback (even at -vv, even from a library's record):
+    those go to the log file; the console says where."""
+
+    def format(self, record):
+        record = logging.makeLogRecord(record.__dict__)
+        tb = record.exc_info or record.exc_text or record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        line = super().format(record)
+        if "Traceback (most recent call last)" in line:
+            line, tb = line.split("Traceback (most recent call last)", 1)[0].rstrip(), True
+        return f"{line} (traceback in the log file)" if tb else line
+
+
 def _setup_console(verbose: int) -> None:
     """Console: one-line messages (warnings and above, info with -v)."""
     LOG.setLevel(logging.DEBUG)
@@ -73,7 +87,7 @@ def _setup_console(verbose: int) -> None:
     LOG.propagate = False
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG)
-    console.setFormatter(logging.Formatter("nmbids %(levelname)s: %(message)s"))
+    console.setFormatter(_OneLine("nmbids %(levelname)s: %(message)s"))
     LOG.addHandler(console)
 
 
