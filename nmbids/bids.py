@@ -192,8 +192,10 @@ def _read_sidecar(bids_file, bids_dir: Path, layout: AnatLayout) -> tuple[dict, 
     """Sidecar metadata with BIDS inheritance, read ourselves so that a broken JSON is
     reported for that file instead of breaking discovery.
 
-    Applicable sidecars: in the file's folder and every parent up to the root, JSON files
-    with the same suffix whose entities are a subset of the file's; nearer ones win.
+    Applicable sidecars (the BIDS inheritance principle): in the file's folder and every parent
+    up to the root, JSON files with the same suffix whose entities are a subset of the file's.
+    They are merged from the root down, and within a folder from the fewest entities to the
+    most, so that the more specific value wins at every level (names break ties).
     """
     path = Path(bids_file.path)
     name = path.name.split(".")[0]
@@ -204,12 +206,15 @@ def _read_sidecar(bids_file, bids_dir: Path, layout: AnatLayout) -> tuple[dict, 
         folders.append(folders[-1].parent)
     meta: dict = {}
     for folder in reversed(folders):  # root first, nearest last
+        applicable = []
         for cand_name in layout.listing(folder):
             if not cand_name.endswith(f"{suffix}.json"):
                 continue
             cparts = cand_name[:-5].split("_")
             if cparts[-1] != suffix or not set(cparts[:-1]) <= pairs:
                 continue
+            applicable.append((len(cparts), cand_name))
+        for _, cand_name in sorted(applicable):  # least specific first: the most specific wins
             cand = folder / cand_name
             try:
                 meta.update(json.loads(cand.read_text()))
