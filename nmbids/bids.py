@@ -4,8 +4,9 @@ nmbids reads only what it needs: the ``sub-*/[ses-*/]anat`` folders of the selec
 walked directly (``AnatLayout``), with entities parsed by pybids' own BIDS path patterns and
 without validation (it would silently drop files with invented suffixes, and NM images have no
 BIDS suffix of their own). Sidecars are read per image, with inheritance. There is no index
-database, so cluster jobs share nothing; a 2,000-subject dataset is planned in about a second
-(``benchmarks/bench_discovery.py``), where a default ``pybids.BIDSLayout`` takes minutes.
+database, so cluster jobs share nothing; a 2,000-subject dataset is planned in about two seconds
+(``benchmarks/bench_discovery.py``, docs/performance.md), where a default ``pybids.BIDSLayout``
+takes minutes. The only image bytes read are the headers of ``*_T1w`` files (head or slab?).
 """
 from __future__ import annotations
 
@@ -253,14 +254,24 @@ def _read_sidecar(bids_file, bids_dir: Path, layout: AnatLayout) -> tuple[dict, 
 
 
 def _geometry(path: str) -> tuple | None:
-    """(shape, voxel sizes) from the NIfTI header alone (no data read), or None when the file
-    cannot be opened (preflight reports that)."""
-    try:
-        import nibabel as nb
+    """(shape, voxel sizes) from the NIfTI header alone, or None when the file cannot be read
+    as one (preflight reports that). Reads the 348 header bytes itself: ``nibabel.load`` costs
+    five times more, which a 2,000-subject discovery would feel."""
+    import gzip
+    import io
 
-        header = nb.load(path).header
+    import nibabel as nb
+
+    try:
+        with open(path, "rb") as fh:
+            compressed = fh.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as fh:
+            block = fh.read(348)
+        header = nb.Nifti1Header.from_fileobj(io.BytesIO(block), check=False)
+        if int(header["sizeof_hdr"]) != 348:  # NIfTI-2 (540 bytes): let nibabel read it
+            header = nb.load(path).header
         return header.get_data_shape(), header.get_zooms()
-    except Exception:  # nibabel raises many types for broken files
+    except Exception:  # empty, truncated or not NIfTI: nibabel raises many types
         return None
 
 
