@@ -122,15 +122,23 @@ def account(plan: SessionPlan, outcome: Outcome) -> None:
                  plan, path)
 
 
-def preflight(plan: SessionPlan, bids_dir: Path, outcome: Outcome) -> SessionPlan:
-    """Refuse unreadable, empty or broken images before any work is spent on them."""
+def preflight(plan: SessionPlan, bids_dir: Path, outcome: Outcome, refused: dict | None = None) -> SessionPlan:
+    """Refuse unreadable, empty or broken images before any work is spent on them.
+
+    ``refused``: T1w path -> its refusal, shared by the participant's sessions, so that a T1w
+    lent to another session is checked and reported once."""
     sub = f"sub-{plan.participant}"
+    refused = {} if refused is None else refused
     if plan.t1w:
         try:
+            if plan.t1w in refused:
+                raise refused[plan.t1w]
             check_image(plan.t1w, participant=plan.participant, rel=_rel(plan.t1w, bids_dir),
                         kind="T1w", allow_4d=False)
         except NmbidsError as err:
-            outcome.fail(err.code, err.line(), plan, _rel(plan.t1w, bids_dir))
+            if plan.t1w not in refused:
+                outcome.fail(err.code, err.line(), plan, _rel(plan.t1w, bids_dir))
+                refused[plan.t1w] = err
             plan.ignored.append({"path": _rel(plan.t1w, bids_dir), "reason": err.problem})
             plan.t1w = None
     if plan.nm and not plan.t1w:
@@ -186,7 +194,8 @@ def run_participant(participant: str, plans: list[SessionPlan], *, bids_dir: Pat
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     for plan in plans:  # files left out, and choices made, that the user must hear about
         announce(plan, outcome)
-    plans = [preflight(p, bids_dir, outcome) for p in plans]
+    refused_t1w: dict = {}
+    plans = [preflight(p, bids_dir, outcome, refused_t1w) for p in plans]
     errors = []
     if any(p.nm for p in plans):
         _configure_nipype(log_dir, options)  # before the workflow: it copies the config when made

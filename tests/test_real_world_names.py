@@ -212,6 +212,8 @@ def test_no_session_is_lost_in_silence(tmp_path, capfd):
                              "measured in this session: hidden file") for ln in lines), err
     assert any(ln.startswith("sub-01: ses-c: sub-01/ses-c/anat/: no NM image found in this session (1 anat "
                              "image(s) seen)") for ln in lines), err
+    # the T1w lent by ses-b to ses-a is refused once, not once per session
+    assert len([ln for ln in lines if "sub-01_ses-b_T1w.nii.gz: the T1w image is empty" in ln]) == 1
     hidden = [ln for ln in lines if ".sub-01_ses-b_acq-NM_T1w.nii.gz" in ln and "rename it" in ln]
     assert len(hidden) == 1 and hidden[0].startswith("sub-01: ses-b: ") and "rename it" in hidden[0]
     assert err.strip().splitlines()[-1].startswith(
