@@ -270,7 +270,7 @@ def no_nm_line(plans: dict) -> str:
     if unused:
         shown = ", ".join(i["path"] for i in unused[:3]) + (f" and {len(unused) - 3} more" if len(unused) > 3 else "")
         hidden = sum(Path(i["path"]).name.startswith(".") for i in unused)
-        line += (f"; {len(unused)} file(s) look like NM but cannot be used"
+        line += (f"; {len(unused)} file(s) look like NM but were not used"
                  + (f" ({hidden} hidden)" if hidden else "") + f": {shown}")
     return f"{line}; {NM_NAMING_HINT}"
 

@@ -244,7 +244,7 @@ def test_dot_file_nm_is_named_in_the_no_nm_line(tmp_path, capfd):
     [line] = [ln for ln in err.splitlines() if "no NM images found" in ln]
     assert "(3 anat image(s) seen)" in line
     assert "sub-01/anat/.sub-01_acq-NM_T1w.nii.gz" in line and "sub-01/anat/sub-01_NM-MRI.nii.gz" in line
-    assert "2 file(s) look like NM but cannot be used (1 hidden)" in line
+    assert "2 file(s) look like NM but were not used (1 hidden)" in line
     assert NM_NAMING_HINT in line
     assert "Traceback" not in err
 
