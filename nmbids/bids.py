@@ -441,7 +441,7 @@ def _pair_and_build(groups: dict, ignored: list) -> list:
             partners = [p for pk in pair_keys(key) for p in offs.get(pk, []) if p[0][0].path not in taken]
             if not partners:
                 ignored.append({"path": rel, "reason": "mt-on image without a matching mt-off: "
-                                "an MT ratio needs both", "problem": "warning"})
+                                "an MT ratio needs both", "problem": "warning", "nm": True})
                 continue
             off = partners[0][0][0].path
             taken.add(off)
@@ -456,7 +456,7 @@ def _pair_and_build(groups: dict, ignored: list) -> list:
                  if members[0][0].path not in taken}
     for members in unclaimed.values():
         ignored.append({"path": members[0][2], "reason": "mt-off image without a matching mt-on",
-                        "problem": "warning"})
+                        "problem": "warning", "nm": True})
     # two inputs differing only by suffix (acq-NM_T1w, acq-NM_T2starw) must not write the
     # same derivative names: fold the suffix into the acq label of the later one
     seen = set()
