@@ -124,15 +124,96 @@ PROFILES = {
 
 _NM_ACQ = re.compile(r"(nm|neuromelanin|mtw|mt|fse|tse|lc|locus|melanin)", re.I)
 _FSE_ACQ = re.compile(r"(fse|tse)", re.I)
+# an NM word as a whole token of a file name (``.sub-01_acq-NM_T1w``, ``sub-01_NM-MRI``): used
+# only to point the user at hidden or misnamed files, never to choose what is processed
+_NM_NAME = re.compile(r"neuromelanin|melanin|locus|(?<![a-z])(nm|mtw?|fse|tse|lc)(?![a-z])", re.I)
+
+# A T1w that can carry a head to the template covers the whole brain: an adult brain is about
+# 140 mm wide, 170 mm long and 120 mm from vertex to foramen magnum, and head T1w images cover
+# 150 mm or more along every axis. NM slabs cover 15-80 mm across their slices (10-40 slices of
+# 1.5-3 mm, docs/nm-mri.md). Less than 100 mm along any axis cannot hold a brain.
+HEAD_MIN_EXTENT_MM = 100.0
+# ... and it has many slices along every axis: an NM slab has at most about 40 (docs/nm-mri.md),
+# a head T1w more than 60 even at 3 mm. A 120 mm stack of 40 thick slices is still a slab.
+HEAD_MIN_SLICES = 48
 
 
-def looks_like_nm(entities: dict, meta: dict) -> bool:
-    """True if the file is an NM-sensitive image (and so must never be taken as the T1w)."""
+def slab_shape(shape, zooms) -> str | None:
+    """``"10 slices, 30 mm"`` when an image of this grid is a slab (too few slices or too small
+    an extent along some axis to hold a head), else None."""
+    shape, zooms = tuple(int(n) for n in shape[:3]), tuple(float(z) for z in zooms[:3])
+    if len(shape) < 3 or len(zooms) < 3:
+        return None
+    extents = [n * z for n, z in zip(shape, zooms)]
+    axis = min(range(3), key=lambda i: (shape[i], extents[i]))  # the slice axis: fewest voxels
+    thin = min(range(3), key=lambda i: extents[i])
+    if shape[axis] < HEAD_MIN_SLICES:
+        return f"{shape[axis]} slices, {extents[axis]:.0f} mm"
+    if extents[thin] < HEAD_MIN_EXTENT_MM:
+        return f"{shape[thin]} slices, {extents[thin]:.0f} mm"
+    return None
+
+
+def _sequence(meta: dict) -> tuple[str, str]:
+    """(ScanningSequence upper-cased, SequenceName or PulseSequenceType lower-cased)."""
+    seq = str(meta.get("ScanningSequence", "") or "").upper()
+    name = str(meta.get("SequenceName", "") or meta.get("PulseSequenceType", "") or "").lower()
+    return seq, name
+
+
+def _is_spin_echo(seq: str, name: str) -> bool:
+    return bool(("SE" in seq and "GR" not in seq) or re.search(r"tse|fse|turbo.?spin|\bse\b|spin", name))
+
+
+def _is_gradient(seq: str, name: str) -> bool:
+    return bool("GR" in seq or re.search(r"fl\d|flash|gre|ffe|spgr|fl3d|fl2d", name))
+
+
+def _mt_on(meta: dict) -> bool:
+    return meta.get("MTState") in (True, "true", "True", 1, "ON", "on")
+
+
+def says_spin_echo(meta: dict) -> bool:
+    """The sidecar says spin echo (and not gradient echo)."""
+    seq, name = _sequence(meta)
+    return _is_spin_echo(seq, name) and not _is_gradient(seq, name)
+
+
+def looks_like_nm(entities: dict, meta: dict, slab: str | None = None) -> bool:
+    """True if the file is an NM-sensitive image (and so must never be taken as the T1w).
+
+    ``slab``: the image's ``slab_shape`` when known. A T1w-suffixed slab whose sidecar says
+    spin echo is the classic FSE/TSE LC scan, whatever its name (``sub-X_run-2_T1w``).
+    """
     if entities.get("mt") in ("on", "off"):
         return True
-    if meta.get("MTState") in (True, "true", "True", 1, "ON", "on"):
+    if _mt_on(meta):
+        return True
+    if slab and entities.get("suffix") == "T1w" and says_spin_echo(meta):
         return True
     return bool(_NM_ACQ.search(str(entities.get("acquisition", ""))))
+
+
+def name_looks_like_nm(name: str) -> bool:
+    """A file name (hidden or not parseable as BIDS) with an NM word in it."""
+    return bool(_NM_NAME.search(name.split(".nii")[0]))
+
+
+def head_t1w_rank(meta: dict) -> tuple[int, str]:
+    """How well a T1w-suffixed, head-sized image's sidecar fits a head anatomy, best first:
+    0 a 3D gradient echo or inversion recovery (MPRAGE, SPGR, MP2RAGE), 1 the sidecar does not
+    say, 2 a 2D or spin-echo image. Returns (rank, the evidence)."""
+    seq, name = _sequence(meta)
+    mode = str(meta.get("MRAcquisitionType", "") or "").upper()
+    facts = [f"{k}={meta[k]}" for k in ("MRAcquisitionType", "ScanningSequence", "InversionTime")
+             if meta.get(k) not in (None, "")]
+    evidence = ", ".join(facts) or "no sequence metadata"
+    gradient_or_ir = _is_gradient(seq, name) or "IR" in seq or meta.get("InversionTime") is not None
+    if mode == "2D" or says_spin_echo(meta):
+        return 2, evidence
+    if mode == "3D" and gradient_or_ir:
+        return 0, evidence
+    return 1, evidence
 
 
 def classify(entities: dict, meta: dict) -> tuple[str | None, list[str]]:
@@ -146,15 +227,13 @@ def classify(entities: dict, meta: dict) -> tuple[str | None, list[str]]:
     evidence = []
     if entities.get("mt") in ("on", "off"):
         return MTR, [f"mt-{entities['mt']} entity"]
-    seq = str(meta.get("ScanningSequence", "")).upper()
-    name = str(meta.get("SequenceName", "") or meta.get("PulseSequenceType", "")).lower()
+    seq, name = _sequence(meta)
     etl = meta.get("EchoTrainLength")
     if seq:
         evidence.append(f"ScanningSequence={seq}")
     if name:
         evidence.append(f"SequenceName={name}")
-    spin_echo = ("SE" in seq and "GR" not in seq) or re.search(r"tse|fse|turbo.?spin|\bse\b|spin", name)
-    gradient = "GR" in seq or re.search(r"fl\d|flash|gre|ffe|spgr|fl3d|fl2d", name)
+    spin_echo, gradient = _is_spin_echo(seq, name), _is_gradient(seq, name)
     if seq and not spin_echo and not gradient:  # e.g. EP, IR alone: not a sequence we know
         return None, evidence + ["ScanningSequence is neither SE nor GR"]
     if spin_echo and not gradient:

@@ -4,8 +4,9 @@ nmbids reads only what it needs: the ``sub-*/[ses-*/]anat`` folders of the selec
 walked directly (``AnatLayout``), with entities parsed by pybids' own BIDS path patterns and
 without validation (it would silently drop files with invented suffixes, and NM images have no
 BIDS suffix of their own). Sidecars are read per image, with inheritance. There is no index
-database, so cluster jobs share nothing; a 2,000-subject dataset is planned in about a second
-(``benchmarks/bench_discovery.py``), where a default ``pybids.BIDSLayout`` takes minutes.
+database, so cluster jobs share nothing; a 2,000-subject dataset is planned in about two seconds
+(``benchmarks/bench_discovery.py``, docs/performance.md), where a default ``pybids.BIDSLayout``
+takes minutes. The only image bytes read are the headers of ``*_T1w`` files (head or slab?).
 """
 from __future__ import annotations
 
@@ -15,9 +16,16 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .acquisitions import MTR, classify, looks_like_nm
+from .acquisitions import (MTR, classify, head_t1w_rank, looks_like_nm, name_looks_like_nm,
+                           slab_shape)
 from .errors import EXIT_NO_FILES, EXIT_NO_INPUT, NmbidsError
 
+# How to name NM images so that nmbids finds them: the one hint every "not found" line gives.
+NM_NAMING_HINT = ("nmbids reads visible BIDS names in anat/: NM images as sub-<label>[_ses-<label>]_acq-NM_T1w"
+                  ".nii.gz (acq-FSE for spin echo, or any suffix with a neuromelanin/NM acq- label or MTState "
+                  "in the sidecar) and MT pairs as _mt-on_MTR/_mt-off_MTR")
+# the reason recorded for an NM image refused because its session has no usable T1w
+NO_T1W_REASON = "no usable T1w"
 NM_SUFFIXES = {"T1w", "T2w", "T2starw", "MEGRE", "MTR", "MTS", "MPM", "PDw", "FLASH", "NM"}
 # entities that name a derivative (run is dropped: runs are repeats averaged together)
 _PREFIX_ENTITIES = (("subject", "sub"), ("session", "ses"), ("acquisition", "acq"),
@@ -48,7 +56,10 @@ class SessionPlan:
     t1w: str | None
     t1w_note: str | None
     nm: list[NMInput]
-    ignored: list[dict]
+    ignored: list[dict]  # an ``nm`` key marks the files that look like NM images
+    # what the user must hear about the session as a whole: [{"path", "message"}]
+    warnings: list[dict] = field(default_factory=list)
+    n_anat: int = 0  # anat images seen in the session, hidden ones included
 
     @property
     def session_id(self) -> str:
@@ -60,6 +71,10 @@ class SessionPlan:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def unused_nm(self) -> list[dict]:
+        """The NM-looking files of this session that are not (or no longer) to be processed."""
+        return [i for i in self.ignored if i.get("nm")]
 
 
 def strip_prefix(label: str, prefix: str) -> str:
@@ -125,6 +140,7 @@ class AnatLayout:
         self._listings: dict[str, list[str]] = {}
         self._files: dict[str, list[AnatFile]] = {}  # subject -> its anat NIfTI images
         self._sessions: dict[str, set] = {}  # subject -> its session labels
+        self._hidden: dict[str, list[str]] = {}  # subject -> hidden anat images (".sub-01_NM.nii.gz")
         wanted = set(participants) if participants else None
         for name in os.listdir(self.root):
             # a BIDS label is letters and digits: "sub-..", "sub-a b", "sub-01;x" are not subjects
@@ -146,6 +162,10 @@ class AnatLayout:
             if os.path.basename(folder) != "anat":
                 continue
             self._listings[folder] = sorted(names)
+            # hidden files are never used, but the user must hear of hidden NM images
+            self._hidden.setdefault(label, []).extend(
+                os.path.join(folder, n) for n in sorted(os.listdir(folder))
+                if n.startswith(".") and n.endswith(_NIFTI))
             for name in (n for n in names if n.endswith(_NIFTI)):
                 ents = self._entities(f"{rel_folder}/{name}")
                 if ents.get("datatype") == "anat" and ents.get("extension") in _NIFTI:
@@ -170,6 +190,16 @@ class AnatLayout:
         return [f for f in self._files.get(subject, [])
                 if session is None or f.entities.get("session") == session]
 
+    def hidden(self, subject: str, session: str | None = None) -> list[str]:
+        """Hidden (``.``-prefixed) NIfTI files in the subject's anat folders (of one session)."""
+        session_re = self._parsers["session"][0]
+        out = []
+        for path in self._hidden.get(subject, []):
+            m = session_re.search(Path(path).relative_to(self.root).parent.as_posix() + "/")
+            if session is None or (m is not None and m.group(1) == session):
+                out.append(path)
+        return out
+
     def listing(self, folder: Path) -> list[str]:
         """File names in ``folder`` (cached: the dataset root is listed once, not per image)."""
         key = str(folder)
@@ -192,8 +222,10 @@ def _read_sidecar(bids_file, bids_dir: Path, layout: AnatLayout) -> tuple[dict, 
     """Sidecar metadata with BIDS inheritance, read ourselves so that a broken JSON is
     reported for that file instead of breaking discovery.
 
-    Applicable sidecars: in the file's folder and every parent up to the root, JSON files
-    with the same suffix whose entities are a subset of the file's; nearer ones win.
+    Applicable sidecars (the BIDS inheritance principle): in the file's folder and every parent
+    up to the root, JSON files with the same suffix whose entities are a subset of the file's.
+    They are merged from the root down, and within a folder from the fewest entities to the
+    most, so that the more specific value wins at every level (names break ties).
     """
     path = Path(bids_file.path)
     name = path.name.split(".")[0]
@@ -204,18 +236,43 @@ def _read_sidecar(bids_file, bids_dir: Path, layout: AnatLayout) -> tuple[dict, 
         folders.append(folders[-1].parent)
     meta: dict = {}
     for folder in reversed(folders):  # root first, nearest last
+        applicable = []
         for cand_name in layout.listing(folder):
             if not cand_name.endswith(f"{suffix}.json"):
                 continue
             cparts = cand_name[:-5].split("_")
             if cparts[-1] != suffix or not set(cparts[:-1]) <= pairs:
                 continue
+            applicable.append((len(cparts), cand_name))
+        for _, cand_name in sorted(applicable):  # least specific first: the most specific wins
             cand = folder / cand_name
             try:
                 meta.update(json.loads(cand.read_text()))
             except (ValueError, UnicodeDecodeError, OSError) as err:
                 return meta, f"sidecar {cand.name} is not valid JSON ({err.__class__.__name__})"
     return meta, None
+
+
+def _geometry(path: str) -> tuple | None:
+    """(shape, voxel sizes) from the NIfTI header alone, or None when the file cannot be read
+    as one (preflight reports that). Reads the 348 header bytes itself: ``nibabel.load`` costs
+    five times more, which a 2,000-subject discovery would feel."""
+    import gzip
+    import io
+
+    import nibabel as nb
+
+    try:
+        with open(path, "rb") as fh:
+            compressed = fh.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as fh:
+            block = fh.read(348)
+        header = nb.Nifti1Header.from_fileobj(io.BytesIO(block), check=False)
+        if int(header["sizeof_hdr"]) != 348:  # NIfTI-2 (540 bytes): let nibabel read it
+            header = nb.load(path).header
+        return header.get_data_shape(), header.get_zooms()
+    except Exception:  # empty, truncated or not NIfTI: nibabel raises many types
+        return None
 
 
 def _prefix(entities: dict) -> str:
@@ -238,16 +295,24 @@ def plan_participant(layout, bids_dir: Path, participant: str, sessions=None,
     subject_t1w = []  # (session, path) for sessions that have a T1w, to lend to others
     for ses in all_sessions:
         files = layout.get(participant, ses)
-        t1w_cands, nm_groups, ignored = [], {}, []
+        t1w_cands, nm_groups, ignored, warnings = [], {}, [], []
         forced = filters.get("nm", {}).get("acq_type")
         valid_name = re.compile(_BIDS_ANAT.format(p=re.escape(participant)))
         names = {Path(f.path).name for f in files}
+        for path in layout.hidden(participant, ses):
+            looks = name_looks_like_nm(Path(path).name)
+            ignored.append({"path": Path(path).relative_to(bids_dir).as_posix(),
+                            "reason": "hidden file (its name starts with '.'): not read"
+                            + (f"; if it is an NM image, rename it: {NM_NAMING_HINT}" if looks else ""),
+                            **({"nm": True, "problem": "warning"} if looks else {})})
         for f in sorted(files, key=lambda f: f.path):
             ents = dict(f.get_entities())
             rel = Path(f.path).relative_to(bids_dir).as_posix()
             if not valid_name.fullmatch(rel):
+                looks = name_looks_like_nm(Path(rel).name)
                 ignored.append({"path": rel, "reason": "not a valid BIDS file name (labels are letters "
-                                "and digits only)", "problem": "warning"})
+                                "and digits only)" + (f"; {NM_NAMING_HINT}" if looks else ""),
+                                "problem": "warning", **({"nm": True} if looks else {})})
                 continue
             if rel.endswith(".nii") and Path(f.path).name + ".gz" in names:
                 ignored.append({"path": rel, "reason": f"duplicate of {Path(f.path).name}.gz, which is used"})
@@ -255,27 +320,39 @@ def plan_participant(layout, bids_dir: Path, participant: str, sessions=None,
             meta, meta_err = _read_sidecar(f, bids_dir, layout)
             suffix = ents.get("suffix")
             if meta_err:
-                ignored.append({"path": rel, "reason": meta_err, "problem": "error"})
+                ignored.append({"path": rel, "reason": meta_err, "problem": "error",
+                                **({"nm": True} if looks_like_nm(ents, {}) else {})})
                 continue
-            if looks_like_nm(ents, meta) and suffix in NM_SUFFIXES:
+            # only T1w-suffixed images can be mistaken for the anatomy: read their header
+            geometry = _geometry(f.path) if suffix == "T1w" else None
+            slab = slab_shape(*geometry) if geometry else None
+            if looks_like_nm(ents, meta, slab) and suffix in NM_SUFFIXES:
                 if not _matches(ents, filters.get("nm")):
-                    ignored.append({"path": rel, "reason": "excluded by --bids-filter-file (nm)"})
+                    ignored.append({"path": rel, "reason": "excluded by --bids-filter-file (nm)", "nm": True})
                     continue
                 acq_type, evidence = classify(ents, meta)
+                if slab and suffix == "T1w":
+                    evidence = evidence + [f"a T1w-suffixed slab ({slab}): not a head T1w"]
                 if forced:
                     acq_type, evidence = forced, evidence + ["acq_type set by --bids-filter-file"]
                 if acq_type is None:
                     ignored.append({"path": rel, "reason": "NM-like image of unknown acquisition type; "
                                     "tell nmbids what it is with --bids-filter-file "
-                                    "{\"nm\": {\"acq_type\": \"GREMT\"}} (or \"FSE\")", "problem": "warning"})
+                                    "{\"nm\": {\"acq_type\": \"GREMT\"}} (or \"FSE\")", "problem": "warning",
+                                    "nm": True})
                     continue
                 # runs of the same acquisition are repeats to realign and average
                 key = tuple(sorted((k, str(v)) for k, v in ents.items()
                                    if k not in ("run", "extension")))
                 nm_groups.setdefault(key, []).append((f, ents, rel, acq_type, evidence, meta))
+            elif suffix == "T1w" and slab:
+                # never the T1w (too small to carry a head to the template), and not known as NM
+                ignored.append({"path": rel, "reason": f"a T1w-suffixed slab ({slab}) cannot be the T1w, and "
+                                "its sidecar says neither spin echo nor MT; if it is an NM image, "
+                                f"say so in its name: {NM_NAMING_HINT}", "problem": "warning", "nm": True})
             elif suffix == "T1w":
                 if _matches(ents, filters.get("t1w")):
-                    t1w_cands.append((f, ents, rel))
+                    t1w_cands.append((f, ents, rel, head_t1w_rank(meta)))
                 else:
                     ignored.append({"path": rel, "reason": "excluded by --bids-filter-file (t1w)"})
             else:
@@ -283,13 +360,22 @@ def plan_participant(layout, bids_dir: Path, participant: str, sessions=None,
         nm_inputs = _pair_and_build(nm_groups, ignored)
         t1w, note = None, None
         if t1w_cands:
-            # prefer a plain T1w (no acq-), then the first run
-            t1w_cands.sort(key=lambda c: ("acquisition" in c[1], c[1].get("run", 0) or 0, c[2]))
-            t1w = t1w_cands[0][0].path
+            t1w_cands.sort(key=_t1w_order)
+            t1w, chosen = t1w_cands[0][0].path, t1w_cands[0]
+            others = []
             for c in t1w_cands[1:]:
-                ignored.append({"path": c[2], "reason": f"another T1w was used ({t1w_cands[0][2]})"})
+                why = (f"{_run_label(c)} of the same T1w; runs are not averaged"
+                       if _same_but_run(c[1], chosen[1]) else f"ranked lower: {c[3][1]}")
+                ignored.append({"path": c[2], "reason": f"another T1w was used ({chosen[2]}): {why}"})
+                others.append(f"{Path(c[2]).name} ({why})")
+            if others:
+                runs = [c[1].get("run", 0) or 0 for c in t1w_cands[1:] if _same_but_run(c[1], chosen[1])]
+                first = " the first run," if runs and (chosen[1].get("run", 0) or 0) < min(runs) else ""
+                warnings.append({"path": chosen[2], "message": f"{len(t1w_cands)} T1w candidates: used{first} "
+                                 f"{Path(chosen[2]).name} ({chosen[3][1]}); not used: {'; '.join(others)}"})
             subject_t1w.append((ses, t1w))
-        plans.append(SessionPlan(participant, ses, t1w, note, nm_inputs, ignored))
+        n_anat = len(files) + len(layout.hidden(participant, ses))
+        plans.append(SessionPlan(participant, ses, t1w, note, nm_inputs, ignored, warnings, n_anat))
     # A session without its own T1w borrows the subject's nearest one (in session order).
     order = [p.session for p in plans]
     for plan in plans:
@@ -299,6 +385,23 @@ def plan_participant(layout, bids_dir: Path, participant: str, sessions=None,
             plan.t1w = path
             plan.t1w_note = f"no T1w in this session: used the T1w of ses-{ses}"
     return plans
+
+
+def _t1w_order(cand) -> tuple:
+    """Best T1w first: by what its sidecar says it is (a 3D gradient echo / inversion recovery
+    before a sidecar that does not say, before 2D or spin echo), then a plain name (no acq-),
+    then the first run."""
+    _, ents, rel, (rank, _) = cand
+    return rank, "acquisition" in ents, ents.get("run", 0) or 0, rel
+
+
+def _same_but_run(a: dict, b: dict) -> bool:
+    strip = ("run", "extension")
+    return {k: v for k, v in a.items() if k not in strip} == {k: v for k, v in b.items() if k not in strip}
+
+
+def _run_label(cand) -> str:
+    return f"run-{cand[1]['run']}" if cand[1].get("run") is not None else Path(cand[2]).name
 
 
 def _matches(entities: dict, query: dict | None) -> bool:
@@ -338,7 +441,7 @@ def _pair_and_build(groups: dict, ignored: list) -> list:
             partners = [p for pk in pair_keys(key) for p in offs.get(pk, []) if p[0][0].path not in taken]
             if not partners:
                 ignored.append({"path": rel, "reason": "mt-on image without a matching mt-off: "
-                                "an MT ratio needs both", "problem": "warning"})
+                                "an MT ratio needs both", "problem": "warning", "nm": True})
                 continue
             off = partners[0][0][0].path
             taken.add(off)
@@ -353,7 +456,7 @@ def _pair_and_build(groups: dict, ignored: list) -> list:
                  if members[0][0].path not in taken}
     for members in unclaimed.values():
         ignored.append({"path": members[0][2], "reason": "mt-off image without a matching mt-on",
-                        "problem": "warning"})
+                        "problem": "warning", "nm": True})
     # two inputs differing only by suffix (acq-NM_T1w, acq-NM_T2starw) must not write the
     # same derivative names: fold the suffix into the acq label of the later one
     seen = set()

@@ -66,6 +66,20 @@ class _LogFile(logging.FileHandler):
         pass
 
 
+class _OneLine(logging.Formatter):
+    """Console lines never carry a traceback (even at -vv, even from a library's record):
+    those go to the log file; the console says where."""
+
+    def format(self, record):
+        record = logging.makeLogRecord(record.__dict__)
+        tb = record.exc_info or record.exc_text or record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        line = super().format(record)
+        if "Traceback (most recent call last)" in line:
+            line, tb = line.split("Traceback (most recent call last)", 1)[0].rstrip(), True
+        return f"{line} (traceback in the log file)" if tb else line
+
+
 def _setup_console(verbose: int) -> None:
     """Console: one-line messages (warnings and above, info with -v)."""
     LOG.setLevel(logging.DEBUG)
@@ -73,7 +87,7 @@ def _setup_console(verbose: int) -> None:
     LOG.propagate = False
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG)
-    console.setFormatter(logging.Formatter("nmbids %(levelname)s: %(message)s"))
+    console.setFormatter(_OneLine("nmbids %(levelname)s: %(message)s"))
     LOG.addHandler(console)
 
 
@@ -211,11 +225,8 @@ def _participant(args, run_id: str, command: str) -> int:
     write_citation(args.output_dir, template.name, __version__)
 
     if not any(nm for pl in plans.values() for s in pl for nm in s.nm):
-        found = sum(len(s.ignored) for pl in plans.values() for s in pl)
-        raise NmbidsError(f"no NM images found for the selected participants ({found} other anat files seen); "
-                          "nmbids looks for acq-NM/neuromelanin/FSE/... images and mt-on/mt-off pairs",
-                          code=EXIT_NO_FILES)
-    codes = []
+        raise NmbidsError(no_nm_line(plans), code=EXIT_NO_FILES)
+    codes, outcomes = [], {}
     for participant, pl in plans.items():
         LOG.info("sub-%s: %d session(s), %d NM image(s)", participant, len(pl), sum(len(s.nm) for s in pl))
         try:
@@ -223,6 +234,7 @@ def _participant(args, run_id: str, command: str) -> int:
                                       work_dir=args.work_dir, template=template, atlas=atlas,
                                       atlas_table=atlas_table, options=args, run_id=run_id, command=command)
             codes.append(outcome.code)
+            outcomes[participant] = outcome
         except Exception as err:
             crash = args.output_dir / f"sub-{participant}" / "log" / run_id / "crash-participant.txt"
             try:
@@ -239,13 +251,45 @@ def _participant(args, run_id: str, command: str) -> int:
                 codes.append(EXIT_FAILURE)
         if args.stop_on_first_crash and codes[-1] != EXIT_OK:
             break
-    done = sum(c == EXIT_OK for c in codes)
-    print(f"nmbids: {done} of {len(plans)} participant(s) processed without error; outputs in {args.output_dir}",
-          file=sys.stderr)
+    print(final_line(plans, outcomes, sum(c == EXIT_OK for c in codes), args.output_dir), file=sys.stderr)
     for code in (EXIT_IOERR, EXIT_FAILURE, EXIT_DATA, EXIT_NO_INPUT):
         if code in codes:
             return code
     return EXIT_OK
+
+
+def no_nm_line(plans: dict) -> str:
+    """Why nothing can be done: how many anat images were seen, where the NM-looking files
+    that could not be used are (hidden, misnamed), and how to name NM images."""
+    from .bids import NM_NAMING_HINT
+
+    sessions = [s for pl in plans.values() for s in pl]
+    seen = sum(s.n_anat for s in sessions)
+    unused = [i for s in sessions for i in s.unused_nm()]
+    line = f"no NM images found for the selected participants ({seen} anat image(s) seen)"
+    if unused:
+        shown = ", ".join(i["path"] for i in unused[:3]) + (f" and {len(unused) - 3} more" if len(unused) > 3 else "")
+        hidden = sum(Path(i["path"]).name.startswith(".") for i in unused)
+        line += (f"; {len(unused)} file(s) look like NM but were not used"
+                 + (f" ({hidden} hidden)" if hidden else "") + f": {shown}")
+    return f"{line}; {NM_NAMING_HINT}"
+
+
+def final_line(plans: dict, outcomes: dict, done: int, output_dir: Path) -> str:
+    """The last console line: participants, sessions and NM images, measured and skipped. A
+    participant that crashed counts all its sessions and NM images as skipped."""
+    ses_ok = ses_skip = nm_ok = nm_skip = 0
+    for participant, pl in plans.items():
+        out = outcomes.get(participant)
+        if out is not None:
+            ses_ok, ses_skip = ses_ok + out.sessions_measured, ses_skip + out.sessions_skipped
+            nm_ok, nm_skip = nm_ok + out.nm_measured, nm_skip + out.nm_skipped
+        else:
+            ses_skip += len(pl)
+            nm_skip += sum(len(s.nm) + len(s.unused_nm()) for s in pl)
+    return (f"nmbids: {done} of {len(plans)} participant(s) processed without error; "
+            f"{ses_ok} of {ses_ok + ses_skip} session(s) and {nm_ok} of {nm_ok + nm_skip} NM image(s) measured "
+            f"({ses_skip} session(s), {nm_skip} NM image(s) skipped); outputs in {output_dir}")
 
 
 def _reports_only(args) -> int:

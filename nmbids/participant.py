@@ -22,7 +22,7 @@ from nipype.interfaces.base import isdefined
 
 from . import __version__
 from .acquisitions import PROFILES, TOP_VOLUME_MM3
-from .bids import SessionPlan
+from .bids import NM_NAMING_HINT, NO_T1W_REASON, SessionPlan
 from .errors import EXIT_DATA, EXIT_FAILURE, EXIT_NO_INPUT, EXIT_OK, EXIT_USAGE, NmbidsError
 from .images import check_image
 from .outputs import (anat_dir, atomic_copy, atomic_write_json, atomic_write_tsv, bids_uri,
@@ -45,37 +45,108 @@ def new_run_id() -> str:
 
 @dataclass
 class Outcome:
-    """What happened to one participant: the exit code it contributes and the messages."""
+    """What happened to one participant: the exit code it contributes, the messages, and the
+    counts of the final console line."""
 
     participant: str
     code: int = EXIT_OK
     messages: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)  # {"session_id", "source", "message"}
+    sessions_measured: int = 0
+    sessions_skipped: int = 0
+    nm_measured: int = 0
+    nm_skipped: int = 0
+    where: dict = field(default_factory=dict)  # message -> (session_id, source), for summary.json
 
-    def fail(self, code: int, line: str):
+    def fail(self, code: int, line: str, plan: SessionPlan | None = None, source: str | None = None):
         # the most serious code wins: an unexpected failure over bad data over missing input
         rank = {EXIT_OK: 0, EXIT_NO_INPUT: 1, EXIT_DATA: 2, EXIT_FAILURE: 3}
         if rank.get(code, 3) > rank.get(self.code, 0):
             self.code = code
         self.messages.append(line)
+        if plan is not None:
+            self.where[line] = (plan.session_id, source or "n/a")
         LOG.error(line)
 
+    def warn(self, plan: SessionPlan, source: str, line: str):
+        self.warnings.append({"session_id": plan.session_id, "source": source, "message": line})
+        LOG.warning(line)
 
-def preflight(plan: SessionPlan, bids_dir: Path, outcome: Outcome) -> SessionPlan:
-    """Refuse unreadable, empty or broken images before any work is spent on them."""
+
+def session_line(plan: SessionPlan, path: str | None, text: str) -> str:
+    """The one format of a line about a session's file: participant, session, file, problem."""
+    parts = [f"sub-{plan.participant}"] + ([plan.session_id] if plan.session else []) + ([path] if path else [])
+    return ": ".join(parts + [text])
+
+
+def announce(plan: SessionPlan, outcome: Outcome) -> None:
+    """Tell the user about the files left out and the choices made, before any work: broken
+    files are errors, the rest (NM-looking files not used, a T1w chosen among several) warnings."""
+    for item in plan.ignored:
+        line = session_line(plan, item["path"], f"{item['reason']}; the file is skipped")
+        if item.get("problem") == "error":
+            outcome.fail(EXIT_DATA, line, plan, item["path"])
+        elif item.get("problem") == "warning":
+            outcome.warn(plan, item["path"], line)
+    for item in plan.warnings:
+        outcome.warn(plan, item["path"], session_line(plan, item["path"], item["message"]))
+
+
+def account(plan: SessionPlan, outcome: Outcome) -> None:
+    """Count the session's NM images measured and skipped. A session with none measured is a
+    line naming it and its first skipped file, and an exit code: 65 when an NM image was there
+    but its data were bad (unreadable, empty, broken sidecar, failed, slab off target), else 66
+    (required input missing: no NM image, no T1w, hidden, unknown type, filtered out)."""
+    measured = [nm for nm in plan.nm if getattr(nm, "status", None) == "ok" and not getattr(nm, "error", None)]
+    failed = [(nm.source, getattr(nm, "error", None) or "not processed") for nm in plan.nm if nm not in measured]
+    refused = [(i["path"], i["reason"]) for i in plan.unused_nm() if i.get("problem") == "error"]
+    missing = [(i["path"], i["reason"]) for i in plan.unused_nm() if i.get("problem") != "error"]
+    skipped = failed + refused + missing
+    outcome.nm_measured += len(measured)
+    outcome.nm_skipped += len(skipped)
+    if measured:
+        outcome.sessions_measured += 1
+        return
+    outcome.sessions_skipped += 1
+    where = "in this session" if plan.session else "for this participant"
+    if not skipped:
+        folder = f"sub-{plan.participant}/" + (f"{plan.session_id}/" if plan.session else "") + "anat/"
+        outcome.fail(EXIT_NO_INPUT, session_line(plan, folder, f"no NM image found {where} ({plan.n_anat} anat "
+                                                 f"image(s) seen); {NM_NAMING_HINT}"), plan, folder)
+        return
+    path, reason = skipped[0]
+    more = f" (and {len(skipped) - 1} more NM image(s) skipped)" if len(skipped) > 1 else ""
+    # the reason up to its first advice (the file's own line gave that in full)
+    outcome.fail(EXIT_DATA if failed or refused else EXIT_NO_INPUT,
+                 session_line(plan, path, f"no NM image measured {where}: {reason.split(';')[0]}{more}"),
+                 plan, path)
+
+
+def preflight(plan: SessionPlan, bids_dir: Path, outcome: Outcome, refused: dict | None = None) -> SessionPlan:
+    """Refuse unreadable, empty or broken images before any work is spent on them.
+
+    ``refused``: T1w path -> its refusal, shared by the participant's sessions, so that a T1w
+    lent to another session is checked and reported once."""
     sub = f"sub-{plan.participant}"
+    refused = {} if refused is None else refused
     if plan.t1w:
         try:
+            if plan.t1w in refused:
+                raise refused[plan.t1w]
             check_image(plan.t1w, participant=plan.participant, rel=_rel(plan.t1w, bids_dir),
                         kind="T1w", allow_4d=False)
         except NmbidsError as err:
-            outcome.fail(err.code, err.line())
+            if plan.t1w not in refused:
+                outcome.fail(err.code, err.line(), plan, _rel(plan.t1w, bids_dir))
+                refused[plan.t1w] = err
             plan.ignored.append({"path": _rel(plan.t1w, bids_dir), "reason": err.problem})
             plan.t1w = None
     if plan.nm and not plan.t1w:
         for nm in plan.nm:
-            outcome.fail(EXIT_NO_INPUT, f"{sub}: {nm.source}: no usable T1w for this "
-                         f"{'session' if plan.session else 'participant'}; the NM image cannot be registered")
-        plan.ignored += [{"path": nm.source, "reason": "no usable T1w"} for nm in plan.nm]
+            outcome.fail(EXIT_NO_INPUT, f"{sub}: {nm.source}: {NO_T1W_REASON} for this "
+                         f"{'session' if plan.session else 'participant'}; the NM image cannot be registered",
+                         plan, nm.source)
+        plan.ignored += [{"path": nm.source, "reason": NO_T1W_REASON, "nm": True} for nm in plan.nm]
         plan.nm = []
         return plan
     keep = []
@@ -98,8 +169,8 @@ def preflight(plan: SessionPlan, bids_dir: Path, outcome: Outcome) -> SessionPla
                 LOG.warning("%s: %s: %s", sub, nm.source, err.problem)
                 keep.append(nm)
                 continue
-            outcome.fail(err.code, err.line())
-            plan.ignored.append({"path": nm.source, "reason": err.problem})
+            outcome.fail(err.code, err.line(), plan, nm.source)
+            plan.ignored.append({"path": nm.source, "reason": err.problem, "nm": True, "problem": "error"})
     plan.nm = keep
     return plan
 
@@ -121,17 +192,10 @@ def run_participant(participant: str, plans: list[SessionPlan], *, bids_dir: Pat
     log_dir = Path(output_dir) / sub / "log" / run_id
     log_dir.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
-    for plan in plans:  # files left out because of a problem the user must hear about
-        for item in plan.ignored:
-            line = f"{sub}: {item['path']}: {item['reason']}; the file is skipped"
-            if item.get("problem") == "error":
-                outcome.fail(EXIT_DATA, line)
-            elif item.get("problem") == "warning":
-                LOG.warning(line)
-    plans = [preflight(p, bids_dir, outcome) for p in plans]
-    if not any(p.nm for p in plans) and not outcome.messages:
-        outcome.fail(EXIT_NO_INPUT, f"{sub}: no NM images found (looked for acq-NM/neuromelanin/FSE/... "
-                     "images and mt-on/mt-off pairs in anat/)")
+    for plan in plans:  # files left out, and choices made, that the user must hear about
+        announce(plan, outcome)
+    refused_t1w: dict = {}
+    plans = [preflight(p, bids_dir, outcome, refused_t1w) for p in plans]
     errors = []
     if any(p.nm for p in plans):
         _configure_nipype(log_dir, options)  # before the workflow: it copies the config when made
@@ -147,14 +211,17 @@ def run_participant(participant: str, plans: list[SessionPlan], *, bids_dir: Pat
     for plan in plans:
         errors += write_session(plan, bids_dir=bids_dir, output_dir=output_dir, work_dir=work_dir,
                                 template=template, options=options, outcome=outcome, log_dir=log_dir)
+        account(plan, outcome)  # no session ends without its NM measured, or a line saying why
     summary = {
         "participant_id": sub, "run_id": run_id, "command": command, "version": __version__,
         "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "template": {"name": template.name, "source": template.source},
         "software": _versions(),
         "sessions": [_session_summary(p, bids_dir) for p in plans],
-        "errors": errors + [{"session_id": "n/a", "source": "n/a", "message": m, "crash_file": None}
+        "errors": errors + [{"session_id": outcome.where.get(m, ("n/a", "n/a"))[0],
+                             "source": outcome.where.get(m, ("n/a", "n/a"))[1], "message": m, "crash_file": None}
                             for m in outcome.messages if not any(m == e["message"] for e in errors)],
+        "warnings": outcome.warnings,
     }
     atomic_write_json(log_dir / "summary.json", summary)
     try:

@@ -522,3 +522,52 @@ def test_real_layouts_end_cleanly(dataset, tmp_path):
         assert grp.returncode == 66, grp.stderr
         assert "Traceback" not in grp.stderr and len(_error_lines(grp.stderr)) == 1
     assert not (tmp_path / "network_attempts.log").exists()
+
+
+# ---- a figure that cannot be drawn ---------------------------------------------------------------
+
+@pytest.mark.slow
+def test_slab_off_target_is_a_note_not_a_traceback(tmp_path):
+    """An NM slab 70 mm above the midbrain: one participant, low resolution, one repeat (about
+    25 s). The run names the problem and exits 65; the CR-map figure, which has nothing to draw,
+    is a note in the report; no traceback reaches the console."""
+    sim.simulate_dataset(tmp_path, n_subjects=1, seed=1, t1w_res=2.0, nm_fov=(100.0, 100.0), repeats=1)
+    nm = tmp_path / "bids" / "sub-01" / "anat" / "sub-01_acq-NM_T1w.nii.gz"
+    img = nb.load(str(nm))
+    affine = img.affine.copy()
+    affine[2, 3] += 70.0  # superior: the slab now sits in the cerebrum, far from SN, VTA and LC
+    moved = nb.Nifti1Image(np.asanyarray(img.dataobj), affine, img.header)
+    moved.set_sform(affine)
+    moved.set_qform(affine)
+    nb.save(moved, str(nm))
+    out = tmp_path / "out"
+    res = _cli(tmp_path, tmp_path / "bids", out, "participant", "-w", tmp_path / "work", *FAST)
+    assert "Traceback" not in res.stderr, res.stderr
+    assert res.returncode == 65, res.stderr
+    assert all(ln.startswith("nmbids") for ln in res.stderr.splitlines() if ln.strip()), res.stderr
+    assert any("the slab misses the nuclei" in ln for ln in _error_lines(res.stderr))
+    assert "0 of 1 NM image(s) measured" in res.stderr.splitlines()[-1]
+    html = (out / "sub-01.html").read_text()
+    assert "no CR map inside the brainstem: the slab misses it" in html
+    assert "could not be drawn" not in html
+    log = next((out / "logs").glob("nmbids_*.log")).read_text()
+    assert "no CR map inside the brainstem" in log
+
+
+def test_console_never_prints_a_traceback(capfd):
+    """Even at -vv, and even for a record that carries exc_info: one line on the console."""
+    import logging
+
+    from nmbids.cli import _setup_console
+
+    _setup_console(2)
+    log = logging.getLogger("nmbids.reports")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.warning("figure failed", exc_info=True)
+        log.debug("detail:\n%s", __import__("traceback").format_exc())
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "boom" not in err
+    assert err.splitlines() == ["nmbids WARNING: figure failed (traceback in the log file)",
+                                "nmbids DEBUG: detail: (traceback in the log file)"]

@@ -17,10 +17,10 @@ from nmbids.cli import main as nmbids_main
 HOSTILE = ["NM;touch canary", "NM$(touch canary)", "NMé", "NM dup", "..NM", "NM`touch canary`"]
 
 
-def _image(path: Path, value: float = 1.0) -> None:
-    data = np.full((8, 8, 8), value, dtype=np.float32)
+def _image(path: Path, value: float = 1.0, n: int = 8, mm: float = 2.0) -> None:
+    data = np.full((n, n, n), value, dtype=np.float32)
     data[2:6, 2:6, 2:6] += 5
-    nb.save(nb.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), str(path))
+    nb.save(nb.Nifti1Image(data, np.diag([mm, mm, mm, 1.0])), str(path))
 
 
 @pytest.fixture()
@@ -29,7 +29,7 @@ def hostile_dataset(tmp_path):
     anat = root / "sub-01" / "anat"
     anat.mkdir(parents=True)
     (root / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.9.0"}))
-    _image(anat / "sub-01_T1w.nii.gz")
+    _image(anat / "sub-01_T1w.nii.gz", n=50, mm=3.0)  # head-sized: a slab is never the T1w
     for i, part in enumerate(HOSTILE):
         _image(anat / f"sub-01_acq-{part}_T1w.nii.gz", i + 2)
         (anat / f"sub-01_acq-{part}_T1w.json").write_text(json.dumps({"MTState": True}))

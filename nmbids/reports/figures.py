@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from ..mplconfig import configure_matplotlib_env
+from .utils import FigureUnavailable
 
 
 def _configure_matplotlib() -> None:
@@ -422,14 +423,16 @@ def rois_native(nm_path: Path, dseg_path: Path, labels: dict[int, Label], out: P
 
 
 def template_map(bg_path: Path, map_path: Path, out: Path, label: str, cmap: str = "inferno",
-                 vrange: tuple[float, float] | None = None) -> Path:
+                 vrange: tuple[float, float] | None = None, name: str = "map") -> Path:
     """A voxelwise map in template space (n/a outside the slab) over the template T1w,
-    zoomed on the brainstem, with the slab outline."""
+    zoomed on the brainstem, with the slab outline. ``name`` says what the map is in the note
+    raised (``FigureUnavailable``) when it holds nothing inside the brainstem."""
     bg = _template_crop(bg_path)
     mp = resample_like(_finite0(load3d(map_path)), bg, nearest=True)  # n/a (outside) -> 0
     bounds = world_bounds(np.asarray(mp.dataobj) != 0, mp.affine)
     if bounds is None:
-        raise ValueError(f"{Path(map_path).name} holds no value inside the brainstem box")
+        raise FigureUnavailable(f"no {name} inside the brainstem: the slab misses it "
+                                f"({Path(map_path).name} holds no value inside the brainstem box)")
     rows = [("z", _spread(bounds[2, 0], bounds[2, 1], 5)), BRAINSTEM_CUTS[2]]
     return _map_figure(bg, mp, rows, out, label, cmap, vrange)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +22,8 @@ from .. import __version__
 from ..outputs import atomic_write_text
 from . import warnings as qcw
 from .citation import methods_boilerplate, write_citation
-from .utils import NA, Label, Table, belongs_to_prefix, prefix_from_source, read_json, read_tsv, safe_name
+from .utils import (NA, FigureUnavailable, Label, Table, belongs_to_prefix, prefix_from_source, read_json,
+                    read_tsv, safe_name)
 
 __all__ = ["generate_participant_report", "write_citation"]
 
@@ -225,16 +227,18 @@ class _Builder:
 
                 # fork: the workers inherit the queue (its drawing closures cannot be pickled)
                 with multiprocessing.get_context("fork").Pool(min(n_procs, len(self.queue))) as pool:
-                    errors = pool.map(_draw_one, range(len(self.queue)), chunksize=1)
+                    results = pool.map(_draw_one, range(len(self.queue)), chunksize=1)
             else:
-                errors = [_draw_one(i) for i in range(len(self.queue))]
+                results = [_draw_one(i) for i in range(len(self.queue))]
         finally:
             _QUEUE = []
-        for (fig, out, _), error in zip(self.queue, errors):
-            if error is None:
+        for (fig, out, _), result in zip(self.queue, results):
+            if result is None:
                 fig.src = _rel(out, self.root)
+            elif result[0] == "note":
+                fig.note = result[1]
             else:
-                fig.error = error
+                fig.error = result[1]
         self.queue = []
 
 
@@ -248,15 +252,20 @@ def _can_fork() -> bool:
     return "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
 
 
-def _draw_one(i: int) -> str | None:
-    """Draw figure ``i`` of the queue; the error text, or None when it was written."""
+def _draw_one(i: int) -> tuple[str, str] | None:
+    """Draw figure ``i`` of the queue: None when it was written, else ("note", why there is
+    nothing to draw) or ("error", what failed). Tracebacks go to the log file only."""
     _, out, draw = _QUEUE[i]
     try:
         draw(out)
         return None
+    except FigureUnavailable as exc:  # nothing to draw: the report says why, the run goes on
+        LOG.info("report figure %s not drawn: %s", out.name, exc)
+        return "note", str(exc)
     except Exception as exc:  # a bad file must not take the report down
-        LOG.warning("report figure %s failed: %s", out.name, exc, exc_info=LOG.isEnabledFor(logging.DEBUG))
-        return f"{type(exc).__name__}: {exc}"
+        LOG.warning("report figure %s failed: %s (traceback in the log)", out.name, exc)
+        LOG.debug("report figure %s:\n%s", out.name, traceback.format_exc())
+        return "error", f"{type(exc).__name__}: {exc}"
 
 
 def _figures():
@@ -338,6 +347,9 @@ def _build(b: _Builder) -> dict[str, Any]:
 
     errors = [{k: _s(e.get(k)) for k in ("session_id", "source", "message", "crash_file")}
               for e in _list((summary or {}).get("errors")) if isinstance(e, dict)]
+    # what the run warned about (NM-looking files not used, a T1w chosen among several)
+    run_warnings = [{k: _s(e.get(k)) for k in ("session_id", "source", "message")}
+                    for e in _list((summary or {}).get("warnings")) if isinstance(e, dict)]
     crashes = []
     if run_dir is not None:
         for path in sorted(run_dir.glob("crash-*.txt")):
@@ -360,6 +372,7 @@ def _build(b: _Builder) -> dict[str, Any]:
         "sessions": sessions,
         "warnings": [w for ses in sessions for w in ses.warnings],
         "flags": [f for ses in sessions for f in ses.flags],
+        "run_warnings": run_warnings,
         "thresholds": qcw.THRESHOLDS,
         "errors": errors,
         "crashes": crashes,
@@ -558,7 +571,7 @@ def _source(b: _Builder, S: str, anat: Path, t1w: Path, info: dict, space: str |
             f"{P}_space-{space or 'template'}_desc-crmap_NM.svg", [crmap, bg],
             # bound now: ``bg`` is reused below and the figure is drawn later
             lambda out, g=bg, c=crmap: fm.template_map(g, c, out, "contrast ratio (unitless)", "inferno",
-                                                        fm.CR_DISPLAY)))
+                                                        fm.CR_DISPLAY, name="CR map")))
     else:
         view.figures.append(Figure("Contrast-ratio map (template space)", "", anchor=safe_name(f"{P}_crmap"),
                                    missing=[f"{_rel(anat, b.root)}/{P}_space-{space or '<space>'}_crmap.nii.gz"]))
@@ -622,7 +635,7 @@ def _source(b: _Builder, S: str, anat: Path, t1w: Path, info: dict, space: str |
         title = f"{what.group(1) if what else (suffix[:-3] or suffix)} map"
         if m and m.group(1) not in ("T1w",):
             bg = Path(tpl.t1w) if tpl is not None else anat / f"{S}_space-{m.group(1)}_desc-preproc_T1w.nii.gz"
-            draw = (lambda out, p=path, g=bg, t=title: fm.template_map(g, p, out, t, "viridis"))
+            draw = (lambda out, p=path, g=bg, t=title: fm.template_map(g, p, out, t, "viridis", name=t))
             inputs = [path, bg]
         else:
             bg = t1w if m else nm

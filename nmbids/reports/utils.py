@@ -11,6 +11,11 @@ from typing import Any
 NA = "n/a"
 
 
+class FigureUnavailable(ValueError):
+    """The derivative holds nothing to draw (a CR map with no value inside the brainstem when
+    the slab misses it): the report shows the reason as a note; it is not a failure."""
+
+
 @dataclass(frozen=True)
 class Label:
     """One row of the atlas label table (``atlas/tpl-*_atlas-nmbids_dseg.tsv``)."""
