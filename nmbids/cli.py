@@ -20,8 +20,9 @@ os.environ.setdefault("NO_ET", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 from . import __version__  # noqa: E402
-from .errors import (EXIT_CANTCREAT, EXIT_DATA, EXIT_FAILURE, EXIT_IOERR, EXIT_NO_FILES,  # noqa: E402
-                     EXIT_NO_INPUT, EXIT_OK, EXIT_UNKNOWN_LEVEL, EXIT_USAGE, EXIT_VALIDATION, NmbidsError)
+from .errors import (EXIT_CANTCREAT, EXIT_DATA, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_IOERR,  # noqa: E402
+                     EXIT_NO_FILES, EXIT_NO_INPUT, EXIT_OK, EXIT_UNKNOWN_LEVEL, EXIT_USAGE, EXIT_VALIDATION,
+                     NmbidsError)
 from .parser import build_parser  # noqa: E402
 
 LOG = logging.getLogger("nmbids")
@@ -34,6 +35,8 @@ def main(argv=None) -> int:
 
     configure_matplotlib_env()
     _setup_console(args.verbose)  # errors before the log file exists (bad paths) look the same
+    if getattr(args.mem, "note", None):
+        LOG.warning(args.mem.note)
     try:
         return run(args, argv if argv is not None else sys.argv[1:])
     except NmbidsError as err:
@@ -41,7 +44,7 @@ def main(argv=None) -> int:
         return err.code
     except KeyboardInterrupt:
         LOG.error("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except OSError as err:  # e.g. the output disk is full: name the file, no traceback
         LOG.debug(traceback.format_exc())
         LOG.error("%s", io_error_line(err))
@@ -67,14 +70,13 @@ class _LogFile(logging.FileHandler):
 
 
 def _setup_console(verbose: int) -> None:
-    """Console: one-line messages (warnings and above, info with -v)."""
+    """Console: one-line messages (progress, warnings and above; info with -v)."""
+    from .progress import console_handler
+
     LOG.setLevel(logging.DEBUG)
     LOG.handlers.clear()
     LOG.propagate = False
-    console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG)
-    console.setFormatter(logging.Formatter("nmbids %(levelname)s: %(message)s"))
-    LOG.addHandler(console)
+    LOG.addHandler(console_handler(verbose))
 
 
 def _setup_logging(output_dir: Path, run_id: str) -> Path:
@@ -103,22 +105,25 @@ def _check_paths(args) -> None:
     work = (args.work_dir or Path.cwd() / "work").resolve()
     if work == bids_dir or bids_dir in work.parents:
         raise NmbidsError("the work directory must not be inside the BIDS directory", code=EXIT_USAGE)
+    processes = not (getattr(args, "dry_run", False) or getattr(args, "boilerplate_only", False))
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         probe = output_dir / f".nmbids-write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
-        work.mkdir(parents=True, exist_ok=True)
+        if processes:  # a dry run writes nothing but its log
+            work.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise NmbidsError(f"cannot write to {err.filename or output_dir}: {err.strerror}",
                           code=EXIT_CANTCREAT) from None
     args.bids_dir, args.output_dir, args.work_dir = bids_dir, output_dir, work
-    for name in ("use_plugin", "bids_filter_file", "atlas", "bids_database_dir"):  # relative to the
-        if getattr(args, name, None):                                              # caller's folder
+    for name in ("use_plugin", "bids_filter_file", "atlas", "bids_database_dir", "exclude"):  # relative to
+        if getattr(args, name, None):                                                        # the caller's folder
             setattr(args, name, getattr(args, name).absolute())
     # Nipype returns to the starting folder after every node: start from one that is sure to
     # exist and stay (a container's working dir may be missing or vanish under a tmpfs).
-    os.chdir(work)
+    if processes:
+        os.chdir(work)
 
 
 def run(args, argv) -> int:
@@ -181,7 +186,7 @@ def _participant(args, run_id: str, command: str) -> int:
     from .atlas import prepare_atlas
     from .bids import check_label, discover, strip_prefix
     from .outputs import write_dataset_description
-    from .participant import run_participant
+    from .schedule import plan_resources, run_all
     from .templates import get_template
 
     if args.reports_only:
@@ -190,61 +195,63 @@ def _participant(args, run_id: str, command: str) -> int:
     if args.use_plugin:  # a broken plugin file is a usage error before any work, not a crash later
         from .participant import read_plugin_file
         read_plugin_file(args.use_plugin)
-    if not args.skip_bids_validation:
+    if not args.skip_bids_validation and not args.dry_run:
         _validate(args.bids_dir)
     nprocs = args.nprocs or os.cpu_count() or 1
     args.nprocs = nprocs
-    omp = args.omp_nthreads or min(nprocs, 8)
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(omp)
-    os.environ.setdefault("OMP_NUM_THREADS", str(omp))
 
     labels = [strip_prefix(lbl, "sub-") for lbl in args.participant_label or []]
     sessions = [check_label(strip_prefix(s, "ses-"), "session") for s in args.session_label or []]
     plans = discover(args.bids_dir, labels or None, sessions or None, filters, args.bids_database_dir)
+    has_nm = any(nm for pl in plans.values() for s in pl for nm in s.nm)
+    if args.dry_run:
+        return _dry_run(args, plans, has_nm)
     try:
         template = get_template(args.template)
     except LookupError as err:
         raise NmbidsError(str(err), code=EXIT_NO_INPUT) from None
+    from .reports.participant import write_citation
+    if args.boilerplate_only:
+        path = write_citation(args.output_dir, template.name, __version__)
+        print(path.read_text())
+        LOG.info("methods text: %s", path)
+        return EXIT_OK if has_nm else _no_nm(plans).code
     write_dataset_description(args.output_dir, args.bids_dir)
     atlas, atlas_table = prepare_atlas(args.output_dir, template, args.atlas)
-    from .reports.participant import write_citation
     write_citation(args.output_dir, template.name, __version__)
 
-    if not any(nm for pl in plans.values() for s in pl for nm in s.nm):
-        found = sum(len(s.ignored) for pl in plans.values() for s in pl)
-        raise NmbidsError(f"no NM images found for the selected participants ({found} other anat files seen); "
-                          "nmbids looks for acq-NM/neuromelanin/FSE/... images and mt-on/mt-off pairs",
-                          code=EXIT_NO_FILES)
-    codes = []
-    for participant, pl in plans.items():
-        LOG.info("sub-%s: %d session(s), %d NM image(s)", participant, len(pl), sum(len(s.nm) for s in pl))
-        try:
-            outcome = run_participant(participant, pl, bids_dir=args.bids_dir, output_dir=args.output_dir,
-                                      work_dir=args.work_dir, template=template, atlas=atlas,
-                                      atlas_table=atlas_table, options=args, run_id=run_id, command=command)
-            codes.append(outcome.code)
-        except Exception as err:
-            crash = args.output_dir / f"sub-{participant}" / "log" / run_id / "crash-participant.txt"
-            try:
-                crash.parent.mkdir(parents=True, exist_ok=True)
-                crash.write_text(traceback.format_exc())
-            except OSError:  # the output disk may be what failed
-                crash = getattr(LOG, "logfile", "the log")
-                LOG.debug(traceback.format_exc())
-            if isinstance(err, OSError):
-                LOG.error("%s (see %s)", io_error_line(err, participant), crash)
-                codes.append(EXIT_IOERR)
-            else:
-                LOG.error("sub-%s: failed: %s (see %s)", participant, err, crash)
-                codes.append(EXIT_FAILURE)
-        if args.stop_on_first_crash and codes[-1] != EXIT_OK:
-            break
+    if not has_nm:
+        raise _no_nm(plans)
+    resources = plan_resources(len(plans), nprocs, args.omp_nthreads, args.mem)
+    LOG.info("%d participant(s): %s", len(plans), resources.describe())
+    codes = run_all(plans, dict(bids_dir=args.bids_dir, output_dir=args.output_dir, work_dir=args.work_dir,
+                                template=template, atlas=atlas, atlas_table=atlas_table, options=args,
+                                run_id=run_id, command=command),
+                    resources, stop_on_first_crash=args.stop_on_first_crash)
     done = sum(c == EXIT_OK for c in codes)
     print(f"nmbids: {done} of {len(plans)} participant(s) processed without error; outputs in {args.output_dir}",
           file=sys.stderr)
     for code in (EXIT_IOERR, EXIT_FAILURE, EXIT_DATA, EXIT_NO_INPUT):
         if code in codes:
             return code
+    return EXIT_OK
+
+
+def _no_nm(plans) -> NmbidsError:
+    found = sum(len(s.ignored) for pl in plans.values() for s in pl)
+    return NmbidsError(f"no NM images found for the selected participants ({found} other anat files seen); "
+                       "nmbids looks for acq-NM/neuromelanin/FSE/... images and mt-on/mt-off pairs",
+                       code=EXIT_NO_FILES)
+
+
+def _dry_run(args, plans, has_nm: bool) -> int:
+    from .dryrun import describe
+
+    for line in describe(plans, args.bids_dir):
+        print(line)
+        LOG.debug("dry run: %s", line)  # the log file keeps what was shown
+    if not has_nm:
+        raise _no_nm(plans)
     return EXIT_OK
 
 
@@ -270,8 +277,8 @@ def _group(args) -> int:
                      session_label=args.session_label, group_column=args.group_column,
                      covariates=tuple(args.covariates), reference_group=args.reference_group,
                      predictor=args.predictor, robust=args.robust, harmonize=args.harmonize,
-                     n_permutations=args.n_permutations, seed=args.seed, voxelwise=not args.no_voxelwise,
-                     logger=LOG)
+                     n_permutations=args.n_permutations, seed=args.random_seed, voxelwise=not args.no_voxelwise,
+                     exclude=args.exclude, logger=LOG)
 
 
 if __name__ == "__main__":
