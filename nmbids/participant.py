@@ -144,8 +144,9 @@ def run_participant(participant: str, plans: list[SessionPlan], *, bids_dir: Pat
             wf.run(**_plugin(options))
         except Exception as err:  # node failures are read from the work dir below
             LOG.debug("workflow for %s ended with %s", sub, traceback.format_exc())
-            if "did not execute cleanly" not in str(err):  # not a node failure: the scheduler, a plugin
-                LOG.error("%s: the nipype workflow stopped: %s: %s", sub, type(err).__name__, err)
+            if not _is_node_failure(err):  # not a node failure: the scheduler, a plugin
+                LOG.error("%s: the nipype workflow stopped: %s: %s", sub, type(err).__name__,
+                          (str(err).strip().splitlines() or [""])[-1])
         if getattr(options, "resource_monitor", False):
             write_resource_table(wf, work_dir, participant, log_dir)
     for plan in plans:
@@ -201,6 +202,19 @@ def write_resource_table(wf, work_dir: Path, participant: str, log_dir: Path) ->
                          "n_procs": node.n_procs, "mem_gb_declared": node.mem_gb})
     if rows:
         atomic_write_tsv(log_dir / "resource_monitor.tsv", pd.DataFrame(rows))
+
+
+def _is_node_failure(err: Exception) -> bool:
+    """Whether ``wf.run`` failed because nodes failed (each is reported from its crash file).
+
+    Depending on the plugin and the nipype version: a NodeExecutionError (Linear), the first
+    node's traceback as the message or "N raised. Re-raising first." (MultiProc), or "did not
+    execute cleanly" (older nipype)."""
+    from nipype.pipeline.engine.nodes import NodeExecutionError
+
+    text = str(err)
+    return (isinstance(err, NodeExecutionError) or "did not execute cleanly" in text
+            or text.lstrip().startswith("Traceback") or "raised. Re-raising first" in text)
 
 
 def _session_summary(plan: SessionPlan, bids_dir: Path) -> dict:
@@ -416,9 +430,15 @@ def _configure_nipype(log_dir: Path, options, sub: str) -> None:
         # --resource-monitor: nipype samples each node's memory and CPU (summary in the log folder)
         "monitoring": {"enabled": bool(getattr(options, "resource_monitor", False)), "sample_frequency": 0.5},
     })
+    if getattr(options, "resource_monitor", False):
+        config.enable_resource_monitor()  # nipype caches the setting: set it explicitly
+    else:
+        config.disable_resource_monitor()
     nlogging.update_logging(config)
     # nipype prints node crashes with tracebacks to the console: route them to our log file only
-    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+    # Python warnings of the steps (numpy on a degenerate image, ...) too: the log file only
+    logging.captureWarnings(True)
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils", "py.warnings"):
         lg = logging.getLogger(name)
         lg.handlers = [h for h in logging.getLogger("nmbids").handlers if isinstance(h, logging.FileHandler)]
         lg.propagate = False

@@ -35,26 +35,34 @@ OMP_MAX = 8  # ANTs' threads beyond 8 gain little on one registration
 @dataclass(frozen=True)
 class Resources:
     at_once: int  # participants run at the same time
-    procs: int  # nipype n_procs of each participant's graph
-    omp: int  # threads of each ANTs node (ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS)
+    procs: int  # the CPUs of each participant (--nprocs shared out)
+    omp: int  # threads of each ANTs step (ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS)
     mem_gb: float | None  # memory_gb of each participant's graph
+    graph_procs: int  # nipype n_procs of each participant's graph (see plan_resources)
 
     def describe(self) -> str:
         mem = f", {self.mem_gb:g} GB" if self.mem_gb else ""
-        return (f"{self.at_once} participant(s) at a time, each with {self.procs} process(es){mem} "
+        return (f"{self.at_once} participant(s) at a time, each with {self.procs} CPU(s){mem} "
                 f"and {self.omp} thread(s) per ANTs step")
 
 
 def plan_resources(n_participants: int, nprocs: int, omp_nthreads: int | None = None,
                    mem_gb: float | None = None) -> Resources:
-    """How to share ``nprocs`` cores and ``mem_gb`` between ``n_participants``.
+    """How to share ``nprocs`` CPUs and ``mem_gb`` between ``n_participants``.
 
-    Without ``--omp-nthreads`` every core runs a participant of its own while there are more
-    participants than cores (the throughput is best when no step waits for another); with
-    fewer participants the cores are shared out and each participant's ANTs steps get its
-    share as threads. One participant alone keeps today's defaults (all cores, up to 8 threads).
-    ``--omp-nthreads N`` asks for N threads per ANTs step: then nprocs // N participants at once.
-    ``--mem`` bounds how many run at once (``PARTICIPANT_MEM_GB`` each).
+    Without ``--omp-nthreads`` every CPU runs a participant of its own while there are more
+    participants than CPUs (the throughput is best when no step waits for another); with
+    fewer participants the CPUs are shared out. ``--omp-nthreads N`` asks for N threads per
+    ANTs step: then nprocs // N participants at once. ``--mem`` bounds how many run at once
+    (``PARTICIPANT_MEM_GB`` each).
+
+    A participant's graph has a multi-threaded T1w branch (N4, registration: ``omp`` threads,
+    declared to nipype) beside a single-threaded NM branch. Sharing the machine, its ANTs
+    steps get one CPU less than its share, so that both branches fit in it. Alone (one
+    participant, the SLURM-array case) it keeps the threads it had before participants ran in
+    parallel, ``min(nprocs, 8)``, and its graph may run the NM branch's one thread beside a
+    full-width ANTs step (``graph_procs = nprocs + 1``): on the 2-CPU development machine that
+    was faster than either waiting (the steps in series) or one thread per step.
     """
     nprocs = max(1, int(nprocs))
     n = max(1, int(n_participants))
@@ -63,8 +71,13 @@ def plan_resources(n_participants: int, nprocs: int, omp_nthreads: int | None = 
     if mem_gb:
         at_once = max(1, min(at_once, int(mem_gb // PARTICIPANT_MEM_GB)))
     procs = max(1, nprocs // at_once)
-    omp = omp_nthreads or min(procs, OMP_MAX)
-    return Resources(at_once, procs, omp, mem_gb / at_once if mem_gb else None)
+    mem = mem_gb / at_once if mem_gb else None
+    if omp_nthreads:
+        return Resources(at_once, procs, omp_nthreads, mem, procs)
+    if at_once == 1:
+        omp = min(procs, OMP_MAX)
+        return Resources(1, procs, omp, mem, procs + 1 if 1 < procs == omp else procs)
+    return Resources(at_once, procs, max(1, min(procs - 1, OMP_MAX)), mem, procs)
 
 
 @dataclass
@@ -161,7 +174,7 @@ def run_all(plans: dict, kwargs: dict, resources: Resources, *, stop_on_first_cr
     the ANTs threads are set from ``resources`` for each participant.
     """
     options = copy.copy(kwargs["options"])
-    options.nprocs, options.omp_nthreads = resources.procs, resources.omp
+    options.nprocs, options.omp_nthreads = resources.graph_procs, resources.omp
     options.mem = resources.mem_gb
     kwargs = {**kwargs, "options": options}
     codes = []

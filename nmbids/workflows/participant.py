@@ -38,11 +38,13 @@ def node_dir(work_dir: Path, participant: str, node: str) -> Path:
     return Path(work_dir) / workflow_name(participant) / node
 
 
-# What each step asks of MultiProc: its ITK threads (the ANTs registrations and N4 use
-# --omp-nthreads threads; the resampling and the measures are mostly single-threaded numpy)
-# and an estimate of its peak memory in GB (a 1 mm T1w; the whole participant peaked at
-# 1.7-1.9 GB, docs/performance.md), so that --nprocs and --mem are honoured.
-THREADED_STEPS = {"t1w", "anat", "prepare", "coreg"}
+# What each step asks of MultiProc: its threads and an estimate of its peak memory in GB, so
+# that --nprocs and --mem are honoured. The T1w N4 and the T1w -> template registration use
+# --omp-nthreads ITK threads (166 % and 213 % CPU with 2 threads in nipype's resource monitor);
+# the NM preparation and the measures run at about one CPU (105 %, 113 %), and so does the
+# NM -> T1w rigid registration of a slab (4.3 s CPU in 4.5 s with 2 threads). Memory: 0.45-0.75
+# GB per step for a 1.5 mm T1w; a whole 1 mm participant peaked at 1.7-1.9 GB (docs/performance.md).
+THREADED_STEPS = {"t1w", "anat"}
 STEP_MEM_GB = {"t1w": 1.0, "anat": 1.5, "t1w_template": 0.5, "prepare": 0.75, "coreg": 0.75, "quantify": 1.0}
 
 
