@@ -53,7 +53,10 @@ class ConsoleHandler(logging.StreamHandler):
 
 
 def console_format(record: logging.LogRecord) -> str:
-    return record.getMessage() if record.levelno == PROGRESS else f"nmbids {record.levelname}: {record.getMessage()}"
+    # every console line starts with "nmbids" (progress like the run's last line, "nmbids: ...")
+    if record.levelno == PROGRESS:
+        return f"nmbids: {record.getMessage()}"
+    return f"nmbids {record.levelname}: {record.getMessage()}"
 
 
 class _ConsoleFormatter(logging.Formatter):

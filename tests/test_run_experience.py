@@ -135,20 +135,21 @@ def serial_run(phantom):
     root, bids = phantom
     proc = _nmbids(bids, root / "ser", "participant", "-w", root / "work_ser", "--nprocs", "1",
                    "--participant-label", *GOOD, "--skip-bids-validation", "--registration-quality", "fast",
-                   cwd=root)
-    return SimpleNamespace(proc=proc, out=root / "ser")
+                   "--clean-workdir", "--resource-monitor", cwd=root)
+    return SimpleNamespace(proc=proc, out=root / "ser", work=root / "work_ser")
 
 
 def test_console_shows_start_and_done_lines(parallel_run):
     err = parallel_run.proc.stderr
     for sub in ("01", "02", "03"):
-        assert re.search(rf"^\[\d/3\] sub-{sub} started: 1 session, 1 NM image$", err, re.M), err
+        assert re.search(rf"^nmbids: \[\d/3\] sub-{sub} started: 1 session, 1 NM image$", err, re.M), err
     for sub in GOOD:
-        assert re.search(rf"^\[\d/3\] sub-{sub} done in \d+ (s|min).*: 1 NM image, 0 warnings, "
+        assert re.search(rf"^nmbids: \[\d/3\] sub-{sub} done in \d+ (s|min).*: 1 NM image, 0 warnings, "
                          rf"report sub-{sub}\.html", err, re.M), err
-    assert re.search(r"^\[\d/3\] sub-03 FAILED after .*: 1 NM image, 1 error, 0 warnings", err, re.M), err
+    assert re.search(r"^nmbids: \[\d/3\] sub-03 FAILED after .*: 1 NM image, 1 error, 0 warnings", err, re.M), err
     assert "about" in err and "left)" in err  # a remaining-time estimate once one is done
     assert "Traceback" not in err and "RuntimeWarning" not in err  # those go to the log file only
+    assert all(ln.startswith("nmbids") for ln in err.splitlines() if ln.strip()), err
 
 
 def test_failing_participant_leaves_the_others_whole(parallel_run):
@@ -184,6 +185,52 @@ def test_dry_run_writes_no_derivative(phantom, tmp_path):
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert len(written) == 1 and re.fullmatch(r"logs/nmbids_.*\.log", written[0]), written
     assert not (tmp_path / "work").exists()
+
+
+def test_clean_workdir_and_resource_monitor(serial_run, parallel_run, phantom):
+    assert serial_run.proc.returncode == EXIT_OK, serial_run.proc.stderr
+    for sub in GOOD:  # finished without error: their work folders are gone
+        assert not (serial_run.work / f"sub_{sub}_wf").exists()
+        table = pd.read_csv(next((serial_run.out / f"sub-{sub}" / "log").glob("*/resource_monitor.tsv")), sep="\t")
+        assert {"anat_nosession", "prepare_nosession_0", "quantify_nosession_0"} <= set(table["step"])
+        assert (table["mem_peak_gb"] > 0).all() and (table["duration_s"] > 0).all()
+    root, _ = phantom
+    assert (root / "work_par" / "sub_03_wf").is_dir()  # without the flag (and failed): kept
+
+
+def test_boilerplate_only(phantom, tmp_path):
+    _, bids = phantom
+    out = tmp_path / "bp"
+    proc = _nmbids(bids, out, "participant", "--boilerplate-only", "-w", tmp_path / "work", cwd=tmp_path)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert proc.stdout.startswith("# Methods") and "nmbids" in proc.stdout
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written[0] == "logs/CITATION.md" and len(written) == 2, written
+
+
+def test_bar_on_a_terminal_only(capsys):
+    import io
+    import logging
+
+    from nmbids import progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    log = logging.getLogger("nmbids.test_bar")
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    for stream, bar in ((io.StringIO(), False), (Tty(), True)):
+        log.handlers = [progress.console_handler(0, stream)]
+        with Progress(2, "participant", stream=stream, logger=log) as p:
+            assert (p.bar is not None) == bar
+            p.started("sub-01")
+            p.done("sub-01", "1 NM image")
+        text = stream.getvalue()
+        assert "nmbids: [1/2] sub-01 started" in text and "nmbids: [1/2] sub-01 done in" in text
+        assert ("\r" in text) == bar  # tqdm redraws the bar in place; plain lines otherwise
+    assert progress._BAR is None
 
 
 def test_random_seed_is_recorded(parallel_run):
