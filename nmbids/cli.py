@@ -20,8 +20,9 @@ os.environ.setdefault("NO_ET", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 from . import __version__  # noqa: E402
-from .errors import (EXIT_CANTCREAT, EXIT_DATA, EXIT_FAILURE, EXIT_IOERR, EXIT_NO_FILES,  # noqa: E402
-                     EXIT_NO_INPUT, EXIT_OK, EXIT_UNKNOWN_LEVEL, EXIT_USAGE, EXIT_VALIDATION, NmbidsError)
+from .errors import (EXIT_CANTCREAT, EXIT_DATA, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_IOERR,  # noqa: E402
+                     EXIT_NO_FILES, EXIT_NO_INPUT, EXIT_OK, EXIT_UNKNOWN_LEVEL, EXIT_USAGE, EXIT_VALIDATION,
+                     NmbidsError)
 from .parser import build_parser  # noqa: E402
 
 LOG = logging.getLogger("nmbids")
@@ -34,6 +35,8 @@ def main(argv=None) -> int:
 
     configure_matplotlib_env()
     _setup_console(args.verbose)  # errors before the log file exists (bad paths) look the same
+    if getattr(args.mem, "note", None):
+        LOG.warning(args.mem.note)
     try:
         return run(args, argv if argv is not None else sys.argv[1:])
     except NmbidsError as err:
@@ -41,7 +44,7 @@ def main(argv=None) -> int:
         return err.code
     except KeyboardInterrupt:
         LOG.error("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except OSError as err:  # e.g. the output disk is full: name the file, no traceback
         LOG.debug(traceback.format_exc())
         LOG.error("%s", io_error_line(err))
@@ -68,27 +71,32 @@ class _LogFile(logging.FileHandler):
 
 class _OneLine(logging.Formatter):
     """Console lines never carry a traceback (even at -vv, even from a library's record):
-    those go to the log file; the console says where."""
+    those go to the log file; the console says where. Wraps the console's own formatter."""
+
+    def __init__(self, inner: logging.Formatter):
+        super().__init__()
+        self.inner = inner
 
     def format(self, record):
         record = logging.makeLogRecord(record.__dict__)
         tb = record.exc_info or record.exc_text or record.stack_info
         record.exc_info = record.exc_text = record.stack_info = None
-        line = super().format(record)
+        line = self.inner.format(record)
         if "Traceback (most recent call last)" in line:
             line, tb = line.split("Traceback (most recent call last)", 1)[0].rstrip(), True
         return f"{line} (traceback in the log file)" if tb else line
 
 
 def _setup_console(verbose: int) -> None:
-    """Console: one-line messages (warnings and above, info with -v)."""
+    """Console: one-line messages (progress, warnings and above; info with -v)."""
+    from .progress import console_handler
+
     LOG.setLevel(logging.DEBUG)
     LOG.handlers.clear()
     LOG.propagate = False
-    console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG)
-    console.setFormatter(_OneLine("nmbids %(levelname)s: %(message)s"))
-    LOG.addHandler(console)
+    handler = console_handler(verbose)
+    handler.setFormatter(_OneLine(handler.formatter))
+    LOG.addHandler(handler)
 
 
 def _setup_logging(output_dir: Path, run_id: str) -> Path:
@@ -117,22 +125,25 @@ def _check_paths(args) -> None:
     work = (args.work_dir or Path.cwd() / "work").resolve()
     if work == bids_dir or bids_dir in work.parents:
         raise NmbidsError("the work directory must not be inside the BIDS directory", code=EXIT_USAGE)
+    processes = not (getattr(args, "dry_run", False) or getattr(args, "boilerplate_only", False))
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         probe = output_dir / f".nmbids-write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
-        work.mkdir(parents=True, exist_ok=True)
+        if processes:  # a dry run writes nothing but its log
+            work.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise NmbidsError(f"cannot write to {err.filename or output_dir}: {err.strerror}",
                           code=EXIT_CANTCREAT) from None
     args.bids_dir, args.output_dir, args.work_dir = bids_dir, output_dir, work
-    for name in ("use_plugin", "bids_filter_file", "atlas", "bids_database_dir"):  # relative to the
-        if getattr(args, name, None):                                              # caller's folder
+    for name in ("use_plugin", "bids_filter_file", "atlas", "bids_database_dir", "exclude"):  # relative to
+        if getattr(args, name, None):                                                        # the caller's folder
             setattr(args, name, getattr(args, name).absolute())
     # Nipype returns to the starting folder after every node: start from one that is sure to
     # exist and stay (a container's working dir may be missing or vanish under a tmpfs).
-    os.chdir(work)
+    if processes:
+        os.chdir(work)
 
 
 def run(args, argv) -> int:
@@ -195,7 +206,7 @@ def _participant(args, run_id: str, command: str) -> int:
     from .atlas import prepare_atlas
     from .bids import check_label, discover, strip_prefix
     from .outputs import write_dataset_description
-    from .participant import run_participant
+    from .schedule import plan_resources, run_all
     from .templates import get_template
 
     if args.reports_only:
@@ -204,53 +215,41 @@ def _participant(args, run_id: str, command: str) -> int:
     if args.use_plugin:  # a broken plugin file is a usage error before any work, not a crash later
         from .participant import read_plugin_file
         read_plugin_file(args.use_plugin)
-    if not args.skip_bids_validation:
+    if not args.skip_bids_validation and not args.dry_run:
         _validate(args.bids_dir)
     nprocs = args.nprocs or os.cpu_count() or 1
     args.nprocs = nprocs
-    omp = args.omp_nthreads or min(nprocs, 8)
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(omp)
-    os.environ.setdefault("OMP_NUM_THREADS", str(omp))
 
     labels = [strip_prefix(lbl, "sub-") for lbl in args.participant_label or []]
     sessions = [check_label(strip_prefix(s, "ses-"), "session") for s in args.session_label or []]
     plans = discover(args.bids_dir, labels or None, sessions or None, filters, args.bids_database_dir)
+    has_nm = any(nm for pl in plans.values() for s in pl for nm in s.nm)
+    if args.dry_run:
+        return _dry_run(args, plans, has_nm)
     try:
         template = get_template(args.template)
     except LookupError as err:
         raise NmbidsError(str(err), code=EXIT_NO_INPUT) from None
+    from .reports.participant import write_citation
+    if args.boilerplate_only:
+        path = write_citation(args.output_dir, template.name, __version__)
+        print(path.read_text())
+        LOG.info("methods text: %s", path)
+        return EXIT_OK if has_nm else EXIT_NO_FILES
     write_dataset_description(args.output_dir, args.bids_dir)
     atlas, atlas_table = prepare_atlas(args.output_dir, template, args.atlas)
-    from .reports.participant import write_citation
     write_citation(args.output_dir, template.name, __version__)
 
-    if not any(nm for pl in plans.values() for s in pl for nm in s.nm):
+    if not has_nm:
         raise NmbidsError(no_nm_line(plans), code=EXIT_NO_FILES)
-    codes, outcomes = [], {}
-    for participant, pl in plans.items():
-        LOG.info("sub-%s: %d session(s), %d NM image(s)", participant, len(pl), sum(len(s.nm) for s in pl))
-        try:
-            outcome = run_participant(participant, pl, bids_dir=args.bids_dir, output_dir=args.output_dir,
-                                      work_dir=args.work_dir, template=template, atlas=atlas,
-                                      atlas_table=atlas_table, options=args, run_id=run_id, command=command)
-            codes.append(outcome.code)
-            outcomes[participant] = outcome
-        except Exception as err:
-            crash = args.output_dir / f"sub-{participant}" / "log" / run_id / "crash-participant.txt"
-            try:
-                crash.parent.mkdir(parents=True, exist_ok=True)
-                crash.write_text(traceback.format_exc())
-            except OSError:  # the output disk may be what failed
-                crash = getattr(LOG, "logfile", "the log")
-                LOG.debug(traceback.format_exc())
-            if isinstance(err, OSError):
-                LOG.error("%s (see %s)", io_error_line(err, participant), crash)
-                codes.append(EXIT_IOERR)
-            else:
-                LOG.error("sub-%s: failed: %s (see %s)", participant, err, crash)
-                codes.append(EXIT_FAILURE)
-        if args.stop_on_first_crash and codes[-1] != EXIT_OK:
-            break
+    resources = plan_resources(len(plans), nprocs, args.omp_nthreads, args.mem)
+    LOG.info("%d participant(s): %s", len(plans), resources.describe())
+    results = run_all(plans, dict(bids_dir=args.bids_dir, output_dir=args.output_dir, work_dir=args.work_dir,
+                                  template=template, atlas=atlas, atlas_table=atlas_table, options=args,
+                                  run_id=run_id, command=command),
+                      resources, stop_on_first_crash=args.stop_on_first_crash)
+    codes = [r.code for r in results]
+    outcomes = {r.participant: r.outcome for r in results if r.outcome is not None}
     print(final_line(plans, outcomes, sum(c == EXIT_OK for c in codes), args.output_dir), file=sys.stderr)
     for code in (EXIT_IOERR, EXIT_FAILURE, EXIT_DATA, EXIT_NO_INPUT):
         if code in codes:
@@ -292,6 +291,17 @@ def final_line(plans: dict, outcomes: dict, done: int, output_dir: Path) -> str:
             f"({ses_skip} session(s), {nm_skip} NM image(s) skipped); outputs in {output_dir}")
 
 
+def _dry_run(args, plans, has_nm: bool) -> int:
+    from .dryrun import describe
+
+    for line in describe(plans, args.bids_dir):
+        print(line)
+        LOG.debug("dry run: %s", line)  # the log file keeps what was shown
+    if not has_nm:
+        raise NmbidsError(no_nm_line(plans), code=EXIT_NO_FILES)
+    return EXIT_OK
+
+
 def _reports_only(args) -> int:
     from .reports.participant import generate_participant_report
 
@@ -314,8 +324,8 @@ def _group(args) -> int:
                      session_label=args.session_label, group_column=args.group_column,
                      covariates=tuple(args.covariates), reference_group=args.reference_group,
                      predictor=args.predictor, robust=args.robust, harmonize=args.harmonize,
-                     n_permutations=args.n_permutations, seed=args.seed, voxelwise=not args.no_voxelwise,
-                     logger=LOG)
+                     n_permutations=args.n_permutations, seed=args.random_seed, voxelwise=not args.no_voxelwise,
+                     exclude=args.exclude, logger=LOG)
 
 
 if __name__ == "__main__":

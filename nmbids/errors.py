@@ -12,6 +12,23 @@ EXIT_NO_INPUT = 66  # required input missing (also: a selected session with no u
 EXIT_CANTCREAT = 73  # cannot create output
 EXIT_IOERR = 74  # I/O error
 EXIT_TEMPFAIL = 75  # temporary failure
+EXIT_INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT), as shells report it
+
+# what each code means, for --help and the docs
+EXIT_MEANINGS = {
+    EXIT_OK: "every selected participant (or the group level) finished without error",
+    EXIT_FAILURE: "some participant or step failed (one line each; crash files under sub-<label>/log/)",
+    EXIT_VALIDATION: "the dataset failed BIDS validation (see --skip-bids-validation)",
+    EXIT_UNKNOWN_LEVEL: "unknown analysis level",
+    EXIT_NO_FILES: "the selection found no NM images",
+    EXIT_USAGE: "command-line usage error",
+    EXIT_DATA: "bad input data (an image or table that cannot be used)",
+    EXIT_NO_INPUT: "a required input is missing",
+    EXIT_CANTCREAT: "cannot create the output or work directory",
+    EXIT_IOERR: "I/O error (for example a full disk)",
+    EXIT_TEMPFAIL: "temporary failure; try again",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
 
 
 class NmbidsError(Exception):

@@ -2,16 +2,55 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
-from . import __version__
+from . import __version__, errors
 from .acquisitions import DEFAULT_REF_STAT, REF_STATS
+
+# --mem: a bare number is GB (as MRIQC's --mem-gb); one this large is surely fMRIPrep's MB
+MEM_SURELY_MB = 1000
+_MEM = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?)?\s*$", re.IGNORECASE)
+_MEM_UNIT_GB = {"k": 1 / 1024 ** 2, "m": 1 / 1024, "g": 1.0, "t": 1024.0}
+
+
+class MemoryGB(float):
+    """--mem in GB; ``note`` is the warning to print when a bare number was read as MB."""
+
+    note: str | None = None
+
+
+def parse_mem(text: str) -> MemoryGB:
+    """``16G``, ``16GB``, ``16000MB``, ``16000M`` or a bare number of GB (``16``); a bare
+    number of at least MEM_SURELY_MB is read as MB, with a note."""
+    m = _MEM.match(str(text))
+    if not m or float(m[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"invalid memory {text!r} (examples: 16G, 16000MB, 16)")
+    value, unit = float(m[1]), (m[2] or "")[:1].lower()
+    if unit:
+        return MemoryGB(value * _MEM_UNIT_GB[unit])
+    if value >= MEM_SURELY_MB:
+        mem = MemoryGB(value / 1024)
+        mem.note = (f"--mem {text}: read as {value:g} MB ({mem:.1f} GB); a bare number is GB, "
+                    f"write {text}MB or {mem:.0f}G to say which")
+        return mem
+    return MemoryGB(value)
+
+
+def exit_codes_epilog() -> str:
+    """The exit codes, from nmbids.errors (their one definition), for --help."""
+    lines = [f"  {code:>3}  {meaning}" for code, meaning in errors.EXIT_MEANINGS.items()]
+    return "exit codes:\n" + "\n".join(lines)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Defaults are written into the help texts where they matter (no '(default: None)')."""
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # usage errors exit 64 (EX_USAGE), not argparse's 2
         self.print_usage()
-        self.exit(64, f"nmbids: error: {message}\n")
+        self.exit(errors.EXIT_USAGE, f"nmbids: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "Participant level: contrast ratio, CNR, volume and MTR in SN, VTA and LC, "
                     "voxelwise maps in template space and an HTML report. Group level: summary "
                     "tables, statistics with covariates, harmonisation, voxelwise tests.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
+        epilog=exit_codes_epilog(),
     )
     p.add_argument("bids_dir", type=Path, help="the root of the BIDS dataset")
     p.add_argument("output_dir", type=Path, help="where derivatives are written")
@@ -53,17 +93,35 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ref-stat", choices=REF_STATS, default=DEFAULT_REF_STAT,
                    help=f"statistic of the reference region for contrast ratios (default: {DEFAULT_REF_STAT})")
     g.add_argument("--registration-quality", choices=("default", "fast"), default="default",
-                   help="'fast' registers at lower resolution (tests and quick looks)")
+                   help="'fast' registers at lower resolution (tests and quick looks; default: default)")
     g.add_argument("--reports-only", action="store_true",
                    help="only rebuild the HTML reports from existing outputs")
+    g.add_argument("--dry-run", action="store_true",
+                   help="only find and classify the inputs: print, per participant and session, the T1w "
+                        "chosen, each NM image with its acquisition type and the evidence, the repeats "
+                        "and every skipped file with its reason; writes nothing but the log")
+    g.add_argument("--boilerplate-only", "--boilerplate_only", action="store_true",
+                   help="only write the methods text (logs/CITATION.md) for the data found, and print it")
+    g.add_argument("--random-seed", "--seed", dest="random_seed", type=int, default=None, metavar="N",
+                   help="seed of the registrations' sampling and of the voxelwise permutations, recorded "
+                        "in the outputs (default: a fixed seed for the registrations, 0 for the permutations)")
 
     g = p.add_argument_group("Performance")
     g.add_argument("--nprocs", "--nthreads", "--n_cpus", "--n-cpus", type=int, default=None, metavar="N",
-                   help="processes to run in parallel (default: all CPUs)")
+                   help="CPUs to use (default: all CPUs). Several participants run at once when "
+                        "there are more CPUs than one participant's steps can use")
     g.add_argument("--omp-nthreads", type=int, default=None, metavar="N",
-                   help="threads per process for ANTs (default: nprocs, at most 8)")
-    g.add_argument("--mem", "--mem-gb", "--mem_gb", type=float, default=None, metavar="GB",
-                   help="memory limit for scheduling, in GB")
+                   help="threads per ANTs step (default: the CPUs per participant, at most 8); "
+                        "nprocs // N participants run at once")
+    g.add_argument("--mem", "--mem-gb", "--mem_gb", type=parse_mem, default=None, metavar="SIZE",
+                   help="memory to schedule within, with a unit (16G, 16000MB) or a bare number of GB "
+                        f"(a bare number of {MEM_SURELY_MB} or more is read as MB, with a warning)")
+    g.add_argument("--resource-monitor", action="store_true",
+                   help="record each step's time, peak memory and CPU use (nipype's resource monitor) "
+                        "in sub-<label>/log/<run>/resource_monitor.tsv")
+    g.add_argument("--clean-workdir", action="store_true",
+                   help="remove a participant's folder in the work directory once it finished without "
+                        "error (failed participants keep theirs, to resume)")
     g.add_argument("-w", "--work-dir", type=Path, default=None, metavar="DIR",
                    help="work directory; re-running with the same one resumes (default: ./work)")
     g.add_argument("--use-plugin", type=Path, metavar="YAML",
@@ -81,9 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--robust", action="store_true", help="heteroskedasticity-robust (HC3) standard errors")
     g.add_argument("--harmonize", default=None, metavar="COL",
                    help="harmonise across this participants.tsv column (site, scanner) with ComBat")
-    g.add_argument("--n-permutations", type=int, default=1000, help="permutations of the voxelwise test")
+    g.add_argument("--n-permutations", type=int, default=1000, metavar="N",
+                   help="permutations of the voxelwise test (default: 1000)")
     g.add_argument("--no-voxelwise", action="store_true", help="skip the voxelwise group test")
-    g.add_argument("--seed", type=int, default=0, help="random seed of the permutation test")
+    g.add_argument("--exclude", type=Path, metavar="TSV",
+                   help="participants, sessions or NM images to leave out of the group level: a TSV with "
+                        "columns participant_id, session_id, source (n/a or empty: all) and reason")
 
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more output (-vv for debug)")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more output: each step as it finishes (-vv: debug)")
     return p

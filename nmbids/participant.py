@@ -198,23 +198,33 @@ def run_participant(participant: str, plans: list[SessionPlan], *, bids_dir: Pat
     plans = [preflight(p, bids_dir, outcome, refused_t1w) for p in plans]
     errors = []
     if any(p.nm for p in plans):
-        _configure_nipype(log_dir, options)  # before the workflow: it copies the config when made
+        _configure_nipype(log_dir, options, sub)  # before the workflow: it copies the config when made
         wf = init_participant_wf(participant, plans, work_dir=work_dir, template=template.name,
                                  atlas=atlas, atlas_table=atlas_table, ref_stat=options.ref_stat,
-                                 quality=options.registration_quality)
+                                 quality=options.registration_quality,
+                                 omp_nthreads=getattr(options, "omp_nthreads", None) or 1,
+                                 random_seed=getattr(options, "random_seed", None))
         try:
             wf.run(**_plugin(options))
         except Exception as err:  # node failures are read from the work dir below
             LOG.debug("workflow for %s ended with %s", sub, traceback.format_exc())
-            if "did not execute cleanly" not in str(err):  # not a node failure: the scheduler, a plugin
-                LOG.error("%s: the nipype workflow stopped: %s: %s", sub, type(err).__name__, err)
+            if not _is_node_failure(err):  # not a node failure: the scheduler, a plugin
+                LOG.error("%s: the nipype workflow stopped: %s: %s", sub, type(err).__name__,
+                          (str(err).strip().splitlines() or [""])[-1])
+        if getattr(options, "resource_monitor", False):
+            write_resource_table(wf, work_dir, participant, log_dir)
     for plan in plans:
         errors += write_session(plan, bids_dir=bids_dir, output_dir=output_dir, work_dir=work_dir,
                                 template=template, options=options, outcome=outcome, log_dir=log_dir)
         account(plan, outcome)  # no session ends without its NM measured, or a line saying why
+
+    from .registration import SEED  # here: the parent process need not import ANTs
+
+    seed = getattr(options, "random_seed", None)
     summary = {
         "participant_id": sub, "run_id": run_id, "command": command, "version": __version__,
         "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "random_seed": {"registration": SEED if seed is None else seed},
         "template": {"name": template.name, "source": template.source},
         "software": _versions(),
         "sessions": [_session_summary(p, bids_dir) for p in plans],
@@ -230,8 +240,49 @@ def run_participant(participant: str, plans: list[SessionPlan], *, bids_dir: Pat
     except Exception:  # a report must never cost the participant its results
         crash = log_dir / "crash-report.txt"
         crash.write_text(traceback.format_exc())
-        outcome.fail(EXIT_FAILURE, f"{sub}: the HTML report failed (see {crash})")
+        outcome.fail(EXIT_FAILURE, f"{sub}: the HTML report failed: {last_line(crash)} (see {crash})")
+    if getattr(options, "clean_workdir", False) and outcome.code == EXIT_OK:
+        # only after a clean run: a failed participant keeps its work folder to resume and debug
+        import shutil
+
+        shutil.rmtree(node_dir(work_dir, participant, ""), ignore_errors=True)
     return outcome
+
+
+def last_line(crash: Path | None) -> str:
+    """The exception of a crash file (its last non-empty line), for the one-line message."""
+    try:
+        lines = [ln.strip() for ln in Path(crash).read_text(errors="replace").splitlines() if ln.strip()]
+    except (OSError, TypeError):
+        return "see the crash file"
+    return lines[-1][:300] if lines else "see the crash file"
+
+
+def write_resource_table(wf, work_dir: Path, participant: str, log_dir: Path) -> None:
+    """--resource-monitor: each step's time, peak memory and CPU use, from nipype's monitor."""
+    rows = []
+    for node in wf._graph.nodes():
+        res = _load_runtime(work_dir, participant, node.name)
+        if res is not None:
+            rows.append({"step": node.name, "duration_s": getattr(res, "duration", None),
+                         "mem_peak_gb": getattr(res, "mem_peak_gb", None),
+                         "cpu_percent": getattr(res, "cpu_percent", None),
+                         "n_procs": node.n_procs, "mem_gb_declared": node.mem_gb})
+    if rows:
+        atomic_write_tsv(log_dir / "resource_monitor.tsv", pd.DataFrame(rows))
+
+
+def _is_node_failure(err: Exception) -> bool:
+    """Whether ``wf.run`` failed because nodes failed (each is reported from its crash file).
+
+    Depending on the plugin and the nipype version: a NodeExecutionError (Linear), the first
+    node's traceback as the message or "N raised. Re-raising first." (MultiProc), or "did not
+    execute cleanly" (older nipype)."""
+    from nipype.pipeline.engine.nodes import NodeExecutionError
+
+    text = str(err)
+    return (isinstance(err, NodeExecutionError) or "did not execute cleanly" in text
+            or text.lstrip().startswith("Traceback") or "raised. Re-raising first" in text)
 
 
 def _session_summary(plan: SessionPlan, bids_dir: Path) -> dict:
@@ -259,6 +310,16 @@ def _load_result(work_dir: Path, participant: str, node: str):
         return None
 
 
+def _load_runtime(work_dir: Path, participant: str, node: str):
+    from nipype.utils.filemanip import loadpkl
+
+    path = node_dir(work_dir, participant, node) / f"result_{node}.pklz"
+    try:
+        return loadpkl(path).runtime
+    except Exception:
+        return None
+
+
 def _crash_for(log_dir: Path, node: str) -> Path | None:
     hits = sorted(log_dir.glob(f"crash-*{node}*"))
     return hits[-1] if hits else None
@@ -279,7 +340,8 @@ def write_session(plan: SessionPlan, *, bids_dir, output_dir, work_dir, template
     t1_rel = _rel(plan.t1w, bids_dir)
     if anat is None or warped is None:
         crash = next(filter(None, (_crash_for(log_dir, names[k]) for k in ("t1w", "anat", "t1w_template"))), None)
-        line = f"{sub}: {t1_rel}: T1w to template registration failed (see {crash or log_dir})"
+        line = (f"{sub}: {t1_rel}: T1w to template registration failed" + (f": {last_line(crash)}" if crash else "")
+                + f" (see {crash or log_dir})")
         outcome.fail(EXIT_FAILURE, line)
         for nm in plan.nm:
             nm.status, nm.error = "failed", "T1w to template registration failed"
@@ -304,7 +366,8 @@ def write_session(plan: SessionPlan, *, bids_dir, output_dir, work_dir, template
         failed = [step for step in ("prepare", "coreg", "quantify") if res[step] is None]
         if failed:
             crash = _crash_for(log_dir, names[failed[0]])
-            line = f"{sub}: {nm.source}: {failed[0]} step failed (see {crash or log_dir})"
+            line = (f"{sub}: {nm.source}: {failed[0]} step failed" + (f": {last_line(crash)}" if crash else "")
+                    + f" (see {crash or log_dir})")
             outcome.fail(EXIT_FAILURE, line)
             nm.status, nm.error = "failed", f"{failed[0]} step failed"
             errors.append({"session_id": plan.session_id, "source": nm.source, "message": line,
@@ -418,8 +481,10 @@ def _versions() -> dict:
     return out
 
 
-def _configure_nipype(log_dir: Path, options) -> None:
+def _configure_nipype(log_dir: Path, options, sub: str) -> None:
     from nipype import config, logging as nlogging
+
+    from .progress import NodeFinished
 
     config.update_config({
         "execution": {"crashdump_dir": str(log_dir), "crashfile_format": "txt",
@@ -430,14 +495,22 @@ def _configure_nipype(log_dir: Path, options) -> None:
                       # default) cost about 4 s per participant; keep it for batch plugins,
                       # whose checks query the cluster
                       "poll_sleep_duration": 2 if options.use_plugin else 0.2},
-        "monitoring": {"enabled": False},
+        # --resource-monitor: nipype samples each node's memory and CPU (summary in the log folder)
+        "monitoring": {"enabled": bool(getattr(options, "resource_monitor", False)), "sample_frequency": 0.5},
     })
+    if getattr(options, "resource_monitor", False):
+        config.enable_resource_monitor()  # nipype caches the setting: set it explicitly
+    else:
+        config.disable_resource_monitor()
     nlogging.update_logging(config)
     # nipype prints node crashes with tracebacks to the console: route them to our log file only
-    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+    # Python warnings of the steps (numpy on a degenerate image, ...) too: the log file only
+    logging.captureWarnings(True)
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils", "py.warnings"):
         lg = logging.getLogger(name)
         lg.handlers = [h for h in logging.getLogger("nmbids").handlers if isinstance(h, logging.FileHandler)]
         lg.propagate = False
+    logging.getLogger("nipype.workflow").addHandler(NodeFinished(sub))  # -v: one line per finished step
 
 
 PLUGIN_KEYS = {"plugin", "plugin_args"}

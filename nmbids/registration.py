@@ -19,12 +19,20 @@ import numpy as np
 
 from .rois import BRAINSTEM_BOX_MM
 
-SEED = 20261122
+SEED = 20261122  # the default of --random-seed for the registrations
+_seed_in_use = SEED
+
+
+def set_seed(seed: int | None) -> None:
+    """The sampling seed of the registrations that follow in this process (None: ``SEED``).
+    Each nipype node sets it before registering (nodes may run in other processes)."""
+    global _seed_in_use
+    _seed_in_use = SEED if seed is None else int(seed)
 
 
 def _seed():
     # Fixed sampling seed: same inputs give the same transforms (within ITK threading noise).
-    ants.config._random_seed = SEED
+    ants.config._random_seed = _seed_in_use
 
 
 def n4_field(image: ants.ANTsImage, mask: ants.ANTsImage | None = None, shrink: int = 4,

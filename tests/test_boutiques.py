@@ -116,7 +116,7 @@ GROUP = {
     # bosh substitutes [OUTPUT_DIR] from output_dir_name only (CBRAIN uses either input)
     "bids_dir": "bids", "output_dir_name": "out", "analysis_level": "group",
     "group_column": "group", "covariates": ["age", "sex"], "reference_group": "control",
-    "robust": True, "harmonize": "site", "n_permutations": 50, "seed": 3,
+    "robust": True, "harmonize": "site", "n_permutations": 50, "random_seed": 3,
 }
 
 
@@ -136,7 +136,7 @@ def test_simulate_group(tmp_path):
     assert (str(args.output_dir), args.analysis_level) == ("out", "group")
     assert args.group_column == "group" and args.covariates == ["age", "sex"]
     assert args.reference_group == "control" and args.robust and args.harmonize == "site"
-    assert args.n_permutations == 50 and args.seed == 3
+    assert args.n_permutations == 50 and args.random_seed == 3
 
 
 def test_descriptor_tests_simulate(descriptor, tmp_path):
@@ -187,6 +187,6 @@ def test_launch_no_container(descriptor, tmp_path, monkeypatch):
     assert list(deriv.glob("sub-01/**/*_desc-nm_measures.tsv"))
 
     out = launch({"bids_dir": "sim/bids", "output_dir_name": "deriv", "analysis_level": "group",
-                  "n_permutations": 20, "seed": 1}, "group")
+                  "n_permutations": 20, "random_seed": 1}, "group")
     assert out.exit_code == 0, out.stdout + out.stderr
     assert (deriv / "group").is_dir()

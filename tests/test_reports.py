@@ -503,3 +503,17 @@ def test_resample_like_slices_a_box_of_the_same_grid():
     shifted = nb.Nifti1Image(np.zeros((5, 5, 5), np.float32), affine @ nb.affines.from_matvec(np.eye(3), [0.5, 0, 0]))
     expected = resample_to_img(img, shifted, interpolation="linear", force_resample=True, copy_header=True)
     assert np.allclose(np.asarray(resample_like(img, shifted).dataobj), np.asarray(expected.dataobj))
+
+
+def test_t1w_template_flicker_without_script(report):
+    """Issue 17: the T1w -> template check as a before/after flicker, CSS only, CSP kept."""
+    root, _, text = report
+    block = text.split('class="nmb-flicker"', 1)[1].split("</div>", 1)[0]
+    srcs = re.findall(r'src="([^"]+)"', block)
+    assert [Path(s).name for s in srcs] == [f"sub-01_space-{SPACE}_desc-flicker_T1w.svg",
+                                            f"sub-01_space-{SPACE}_desc-flicker_T1w_before.svg"]
+    for src in srcs:
+        assert (root / src).read_text().lstrip().startswith("<?xml")
+    assert 'class="before"' in block and "@keyframes nmb-flicker" in text
+    assert _parse(text).scripts == 0
+    assert "default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'" in text

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..quantify import MEASURE_COLUMNS  # the participant level's contract, one definition
-from .errors import EXIT_DATAERR, EXIT_NOINPUT, GroupError
+from .errors import EXIT_DATAERR, EXIT_NOINPUT, EXIT_USAGE, GroupError
 
 MEASURE_REQUIRED = ["participant_id", "roi", "hemi", "measure", "value"]
 QC_COLUMNS = ["participant_id", "session_id", "source", "acq_type", "n_repeats", "motion_mean_mm",
@@ -288,10 +288,78 @@ def numeric_or_none(series: pd.Series) -> pd.Series | None:
 # collect
 # ---------------------------------------------------------------------------
 
+EXCLUDE_COLUMNS = ["participant_id", "session_id", "source", "reason"]
+
+
+def read_exclusions(path: Path) -> pd.DataFrame:
+    """The ``--exclude`` TSV: participant_id (required), session_id and source (n/a or empty:
+    every session / every NM image), reason. Labels may omit ``sub-``/``ses-``. A row of
+    group_qc.tsv with a reason column added is a valid row."""
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as err:
+        raise GroupError(f"--exclude {path}: cannot read the table ({err})", EXIT_USAGE) from None
+    if "participant_id" not in table.columns:
+        raise GroupError(f"--exclude {path}: no participant_id column (columns: "
+                         f"{', '.join(EXCLUDE_COLUMNS)})", EXIT_USAGE)
+    for col in EXCLUDE_COLUMNS:
+        if col not in table.columns:
+            table[col] = NA
+    table = table[EXCLUDE_COLUMNS].apply(lambda c: c.str.strip()).replace("", NA)
+    table["participant_id"] = [p if p.startswith("sub-") else f"sub-{p}" for p in table["participant_id"]]
+    table["session_id"] = [s if s == NA or s.startswith("ses-") else f"ses-{s}" for s in table["session_id"]]
+    table["reason"] = table["reason"].replace(NA, "no reason given")
+    return table
+
+
+def _exclusion_hits(df: pd.DataFrame, row) -> np.ndarray:
+    sel = df["participant_id"].astype(str) == row.participant_id
+    if row.session_id != NA:
+        sel &= df["session_id"].astype(str) == row.session_id
+    if row.source != NA:
+        sel &= df["source"].astype(str) == row.source
+    return sel.to_numpy()
+
+
+def _drop_excluded(df: pd.DataFrame, exclusions: pd.DataFrame | None) -> tuple[pd.DataFrame, list]:
+    """``df`` without the rows of ``exclusions``; and the exclusion rows that matched."""
+    if exclusions is None or not len(df):
+        return df, []
+    gone = np.zeros(len(df), dtype=bool)
+    matched = []
+    for row in exclusions.itertuples(index=False):
+        hit = _exclusion_hits(df, row)
+        if hit.any():
+            matched.append(row)
+        gone |= hit
+    return df[~gone].reset_index(drop=True), matched
+
+
+def _record_exclusions(coll: "Collection", matched: list, exclusions: pd.DataFrame, log) -> None:
+    """A participant left with nothing is excluded with the reason; a partial exclusion is a
+    note. Both reach group_participants.tsv (its reason column) and the group report."""
+    for row in exclusions.itertuples(index=False):
+        what = " ".join(x for x in (row.session_id, row.source) if x != NA) or "all data"
+        if row not in matched:
+            log.warning("--exclude: %s %s matches no measures in OUTPUT_DIR", row.participant_id, what)
+            continue
+        line = f"excluded with --exclude ({what}): {row.reason}"
+        left = (coll.measures["participant_id"].astype(str) == row.participant_id).any()
+        if left:
+            coll.note(row.participant_id, line)
+        else:
+            coll.sessions.setdefault(row.participant_id, [])
+            previous = coll.excluded.get(row.participant_id, "")
+            coll.excluded[row.participant_id] = line if not previous.startswith("excluded with") \
+                else f"{previous}; {line}"
+        log.info("%s %s left out (--exclude): %s", row.participant_id, what, row.reason)
+
+
 def collect(bids_dir: Path, output_dir: Path, participant_label=None, session_label=None,
-            logger: logging.Logger | None = None) -> Collection:
+            logger: logging.Logger | None = None, exclusions: pd.DataFrame | None = None) -> Collection:
     """Read every measures and QC table and participants.tsv.
 
+    ``exclusions`` (``read_exclusions``): rows left out, with their reasons recorded.
     Raises :class:`GroupError` (exit 66) when no readable measures table exists.
     """
     log = logger or logging.getLogger("nmbids")
@@ -338,6 +406,7 @@ def collect(bids_dir: Path, output_dir: Path, participant_label=None, session_la
     for col in ("acq_type", "roi", "hemi", "measure"):
         measures[col] = _fill_category(measures[col], NA)
     measures = measures.drop(columns="_file").reset_index(drop=True)
+    measures, matched = _drop_excluded(measures, exclusions)
     coll.measures = measures
 
     # sessions per participant, and who has nothing usable
@@ -354,6 +423,8 @@ def collect(bids_dir: Path, output_dir: Path, participant_label=None, session_la
             coll.excluded[sub] = why
         elif sub not in has_values:
             coll.excluded[sub] = "no finite measure value in its measures table(s)"
+    if exclusions is not None:
+        _record_exclusions(coll, matched, exclusions, log)
     if participants is not None:
         listed = participants["participant_id"].tolist()
         if subjects is not None:
@@ -393,6 +464,7 @@ def collect(bids_dir: Path, output_dir: Path, participant_label=None, session_la
     for col in QC_NUMERIC:
         qc[col] = pd.to_numeric(qc[col], errors="coerce").astype(float)
     qc = qc.drop(columns="_file").reset_index(drop=True)
+    qc, _ = _drop_excluded(qc, exclusions)
     for sub in coll.included:
         if sub not in qc_found:
             coll.note(sub, "no QC table")

@@ -9,21 +9,25 @@ import pandas as pd
 
 from . import outputs
 from .collect import (MEASURE_COLUMNS, NA, QC_COLUMNS, Collection, collect, cross_sectional,
-                      long_table, participant_columns, wide_table)
+                      long_table, participant_columns, read_exclusions, wide_table)
 from .errors import EXIT_FAILURE, EXIT_IOERR, EXIT_NOINPUT, EXIT_OK, EXIT_USAGE, GroupError
 from .stats import NOT_OUTCOMES, OUTLIER_Z, build_design, find_outliers, fit_all, within_subject_change
 
 DEFAULT_GROUP_COLUMN = "group"
+DEFAULT_PERMUTATION_SEED = 0  # when --random-seed is not given
 
 
 def run_group(bids_dir: Path, output_dir: Path, *, participant_label=None, session_label=None,
               group_column=None, covariates=(), reference_group=None, predictor=None,
-              robust=False, harmonize=None, n_permutations=1000, seed=0, voxelwise=True,
-              logger=None) -> int:
+              robust=False, harmonize=None, n_permutations=1000, seed=None, voxelwise=True,
+              exclude=None, logger=None) -> int:
     """Run the group level; return an exit code (see :mod:`nmbids.group.errors`).
 
     0 ok, 1 unexpected failure, 64 usage error, 65 bad input data, 66 required input
     missing, 73 cannot create output, 74 I/O error.
+
+    ``exclude``: a TSV of participant_id, session_id, source and reason (``--exclude``);
+    those rows are left out and listed with their reason in group_participants.tsv.
 
     Errors are logged as one line on ``logging.getLogger("nmbids")`` (or
     ``logger``); tracebacks only at DEBUG level.
@@ -34,7 +38,8 @@ def run_group(bids_dir: Path, output_dir: Path, *, participant_label=None, sessi
     try:
         return _run(Path(bids_dir), Path(output_dir), participant_label, session_label, group_column,
                     tuple(covariates or ()), reference_group, predictor, bool(robust), harmonize,
-                    n_permutations, seed, bool(voxelwise), log)
+                    n_permutations, DEFAULT_PERMUTATION_SEED if seed is None else seed, bool(voxelwise),
+                    exclude, log)
     except GroupError as exc:
         log.error("%s", exc)
         return exc.code
@@ -57,7 +62,7 @@ def _participants_dictionary(coll: Collection, columns: list[str]) -> dict:
 
 
 def _run(bids_dir, output_dir, participant_label, session_label, group_column, covariates, reference_group,
-         predictor, robust, harmonize, n_permutations, seed, voxelwise, log) -> int:
+         predictor, robust, harmonize, n_permutations, seed, voxelwise, exclude, log) -> int:
     t0 = time.perf_counter()
     if not output_dir.is_dir():
         raise GroupError(f"OUTPUT_DIR {output_dir} does not exist (run the participant level first)", EXIT_NOINPUT)
@@ -67,12 +72,13 @@ def _run(bids_dir, output_dir, participant_label, session_label, group_column, c
         n_permutations = int(n_permutations)
         seed = int(seed)
     except (TypeError, ValueError):
-        raise GroupError("--n-permutations and --seed must be integers", EXIT_USAGE) from None
+        raise GroupError("--n-permutations and --random-seed must be integers", EXIT_USAGE) from None
     if n_permutations < 1:
         raise GroupError("--n-permutations must be at least 1", EXIT_USAGE)
     group_dir = output_dir / "group"
 
-    coll = collect(bids_dir, output_dir, participant_label, session_label, log)
+    coll = collect(bids_dir, output_dir, participant_label, session_label, log,
+                   exclusions=read_exclusions(Path(exclude)) if exclude else None)
     included = coll.included
     log.info("group level: %d participant(s) with measures, %d left out", len(included), len(coll.excluded))
 

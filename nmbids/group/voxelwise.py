@@ -305,15 +305,20 @@ def _run_one(res: VoxelResult, prefix: str, chosen: dict[str, list[dict]], box, 
     vol[ana_box] = Y.T
     imgs = [nb.Nifti1Image(vol[..., i], box_affine) for i in range(n)]  # views of one array
     mask_img = nb.Nifti1Image(ana_box.astype(np.uint8), box_affine)
+    from ..progress import Progress
+
     for pid in pids:
         res.included[pid] = True
+    progress = Progress(len(tested), "contrast", logger=log)  # the permutations are the long step
     for col, label in tested:
         name = prefix + label
+        progress.started(f"voxelwise {name}", f"{int(n_perm)} permutations, {n} maps, {int(vox.sum())} voxels")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = non_parametric_inference(imgs, design_matrix=dm, second_level_contrast=col, mask=mask_img,
                                            n_perm=int(n_perm), two_sided_test=True, random_state=int(seed),
                                            n_jobs=1, threshold=CLUSTER_FORMING_P)
+        progress.done(f"voxelwise {name}")
         t_box = np.asarray(out["t"].get_fdata(), dtype=np.float32)
         lp_box = np.asarray(out["logp_max_t"].get_fdata(), dtype=np.float32)
         t_full = np.zeros(labels.shape, dtype=np.float32)
@@ -322,7 +327,7 @@ def _run_one(res: VoxelResult, prefix: str, chosen: dict[str, list[dict]], box, 
         lp_full[box] = np.where(ana_box, lp_box, 0)
         sig = lp_full > -np.log10(ALPHA)
         files = _write_contrast(group_dir, name, t_full, lp_full, sig, labels, affine, names, space, n_perm,
-                                design, dm, col, n)
+                                design, dm, col, n, seed)
         groups = (frame["_group"].astype(str).value_counts().to_dict() if design.group_column else {})
         res.contrasts.append({"name": name, "column": col, "n": n, "n_by_group": groups,
                               "n_significant_voxels": int(sig.sum()), "mask_voxels": int(vox.sum()),
@@ -330,10 +335,11 @@ def _run_one(res: VoxelResult, prefix: str, chosen: dict[str, list[dict]], box, 
         res.mask_voxels = max(res.mask_voxels, int(vox.sum()))
         log.info("voxelwise %s: n=%d, %d voxels tested, %d with FWE p < %.2f", name, n, int(vox.sum()),
                  int(sig.sum()), ALPHA)
+    progress.close()
 
 
 def _write_contrast(group_dir: Path, name: str, t_full, lp_full, sig, labels, affine, names, space, n_perm,
-                    design: Design, dm: pd.DataFrame, col: str, n: int) -> dict:
+                    design: Design, dm: pd.DataFrame, col: str, n: int, seed: int) -> dict:
     import nibabel as nb
 
     t_img = nb.Nifti1Image(t_full, affine)
@@ -341,7 +347,8 @@ def _write_contrast(group_dir: Path, name: str, t_full, lp_full, sig, labels, af
     for img in (t_img, lp_img):
         img.header.set_data_dtype(np.float32)
     common = {"Space": space, "Test": "non_parametric_inference (nilearn), two-sided, max-|t| FWE",
-              "NumberOfPermutations": int(n_perm), "N": n, "DesignColumns": list(dm.columns), "Tested": col,
+              "NumberOfPermutations": int(n_perm), "RandomSeed": int(seed), "N": n,
+              "DesignColumns": list(dm.columns), "Tested": col,
               "Model": design.describe()}
     tpath = group_dir / f"voxelwise_{name}_tstat.nii.gz"
     lpath = group_dir / f"voxelwise_{name}_logp_fwe.nii.gz"

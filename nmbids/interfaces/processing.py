@@ -63,6 +63,7 @@ class _AnatInputSpec(BaseInterfaceInputSpec):
     t1w = File(exists=True, mandatory=True, desc="the bias-corrected T1w")
     template = traits.Str(mandatory=True, desc="space label of the template")
     quality = traits.Enum("default", "fast", usedefault=True)
+    random_seed = traits.Int(desc="sampling seed of the registrations (--random-seed); unset: registration.SEED")
 
 
 class _AnatOutputSpec(TraitedSpec):
@@ -81,8 +82,10 @@ class AnatToTemplate(SimpleInterface):
 
     def _run_interface(self, runtime):
         ants = _ants()
-        from ..registration import t1w_to_template
+        from ..registration import set_seed, t1w_to_template
         from ..templates import get_template
+
+        set_seed(self.inputs.random_seed if isdefined(self.inputs.random_seed) else None)
 
         tpl = get_template(self.inputs.template)
         t1 = ants.image_read(self.inputs.t1w, dimension=3)
@@ -130,6 +133,7 @@ class WarpT1wToTemplate(SimpleInterface):
 class _PrepareInputSpec(BaseInterfaceInputSpec):
     in_files = InputMultiObject(File(exists=True), mandatory=True, desc="runs, or one 4D file")
     mt_off = File(exists=True, desc="the mt-off partner of an MT pair")
+    random_seed = traits.Int(desc="sampling seed of the registrations (--random-seed); unset: registration.SEED")
 
 
 class _PrepareOutputSpec(TraitedSpec):
@@ -147,7 +151,9 @@ class PrepareNM(SimpleInterface):
     def _run_interface(self, runtime):
         ants = _ants()
         from ..acquisitions import NM_N4_SPLINE_MM
-        from ..registration import n4_field, realign_repeats, resample_repeat, rigid
+        from ..registration import n4_field, realign_repeats, resample_repeat, rigid, set_seed
+
+        set_seed(self.inputs.random_seed if isdefined(self.inputs.random_seed) else None)
 
         repeats = []
         for f in self.inputs.in_files:
@@ -178,6 +184,7 @@ class PrepareNM(SimpleInterface):
 class _CoregInputSpec(BaseInterfaceInputSpec):
     nm = File(exists=True, mandatory=True)
     t1w = File(exists=True, mandatory=True)
+    random_seed = traits.Int(desc="sampling seed of the registrations (--random-seed); unset: registration.SEED")
 
 
 class _CoregOutputSpec(TraitedSpec):
@@ -194,7 +201,9 @@ class CoregNM(SimpleInterface):
 
     def _run_interface(self, runtime):
         ants = _ants()
-        from ..registration import nm_to_t1w, push_nm_to_t1w
+        from ..registration import nm_to_t1w, push_nm_to_t1w, set_seed
+
+        set_seed(self.inputs.random_seed if isdefined(self.inputs.random_seed) else None)
 
         nm, t1 = ants.image_read(self.inputs.nm), ants.image_read(self.inputs.t1w)
         res = nm_to_t1w(nm, t1, os.path.join(runtime.cwd, "nm2t1w_"))

@@ -332,6 +332,25 @@ def t1w_to_template(t1w_in_template: Path, template_t1w: Path | None, out: Path)
     return _save(fig, out)
 
 
+def flicker_before(out: Path) -> Path:
+    """Where ``t1w_template_flicker`` writes the template's frame beside ``out``."""
+    return out.with_name(out.name.replace(".svg", "_before.svg"))
+
+
+def t1w_template_flicker(t1w_in_template: Path, template_t1w: Path, out: Path) -> Path:
+    """Two frames on one layout for the report's before/after flicker: the template T1w
+    (``flicker_before(out)``) and the T1w warped to it (``out``), same cuts, same box.
+
+    Each frame is scaled to its own intensity range (the two T1ws have different units);
+    what should not move between the frames is the anatomy: brainstem, fourth ventricle,
+    cerebellar outline.
+    """
+    t1 = crop(load3d(t1w_in_template), BRAINSTEM_BOX, margin=2.0)
+    tpl = resample_like(_template_crop(template_t1w), t1)
+    _save(_mosaic(tpl, BRAINSTEM_CUTS), flicker_before(out))
+    return _save(_mosaic(t1, BRAINSTEM_CUTS), out)
+
+
 def labels_on(img: nb.Nifti1Image, dseg_path: Path) -> nb.Nifti1Image:
     """The label image as int32 on the grid of ``img`` (nearest-neighbour only when the
     grids differ; the pipeline writes them on the same grid)."""

@@ -45,6 +45,8 @@ class Figure:
     error: str | None = None
     note: str | None = None
     light: bool = False  # drawn on white (plots), not on black (brain images)
+    flicker: bool = False  # two frames: ``before_src`` shown alternately over ``src`` (CSS only)
+    before_src: str | None = None
 
 
 @dataclass
@@ -85,6 +87,7 @@ class SessionView:
     t1w_note: str | None = None
     ignored: list[dict[str, str]] = field(default_factory=list)
     template_figure: Figure | None = None
+    template_flicker: Figure | None = None
     sources: list[SourceView] = field(default_factory=list)
     measures: TableView | None = None
     measures_missing: str | None = None
@@ -235,6 +238,8 @@ class _Builder:
         for (fig, out, _), result in zip(self.queue, results):
             if result is None:
                 fig.src = _rel(out, self.root)
+                if fig.flicker:
+                    fig.before_src = _rel(_figures().flicker_before(out), self.root)
             elif result[0] == "note":
                 fig.note = result[1]
             else:
@@ -463,6 +468,16 @@ def _session(b: _Builder, info: dict[str, Any], space: str | None, tpl, labels) 
         fig = Figure("T1w → template", "", anchor=safe_name(f"{S}_T1w"),
                      missing=[f"{_rel(anat, b.root)}/{S}_space-<space>_desc-preproc_T1w.nii.gz"])
     view.template_figure = fig
+    if space and tpl is not None:
+        flick = b.figure(
+            f"T1w → template ({space}), before/after",
+            "The template T1w and the T1w warped to it, alternating every second (hover to hold the "
+            "warped T1w): after a good registration the brainstem, fourth ventricle and cerebellum stay "
+            "still while only the contrast changes.",
+            f"{S}_space-{space}_desc-flicker_T1w.svg", [t1w_tpl],
+            lambda out: _figures().t1w_template_flicker(t1w_tpl, tpl.t1w, out))
+        flick.flicker = True
+        view.template_flicker = flick
 
     for src in _sources(info, anat, measures_rows, qc_rows):
         view.sources.append(_source(b, S, anat, t1w, src, space, tpl, labels, measures_rows, qc_rows))

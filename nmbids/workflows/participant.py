@@ -38,28 +38,48 @@ def node_dir(work_dir: Path, participant: str, node: str) -> Path:
     return Path(work_dir) / workflow_name(participant) / node
 
 
+# What each step asks of MultiProc: its threads and an estimate of its peak memory in GB, so
+# that --nprocs and --mem are honoured. The T1w N4 and the T1w -> template registration use
+# --omp-nthreads ITK threads (166 % and 213 % CPU with 2 threads in nipype's resource monitor);
+# the NM preparation and the measures run at about one CPU (105 %, 113 %), and so does the
+# NM -> T1w rigid registration of a slab (4.3 s CPU in 4.5 s with 2 threads). Memory: 0.45-0.75
+# GB per step for a 1.5 mm T1w; a whole 1 mm participant peaked at 1.7-1.9 GB (docs/performance.md).
+THREADED_STEPS = {"t1w", "anat"}
+STEP_MEM_GB = {"t1w": 1.0, "anat": 1.5, "t1w_template": 0.5, "prepare": 0.75, "coreg": 0.75, "quantify": 1.0}
+
+
+def _node(interface, name: str, step: str, omp_nthreads: int) -> pe.Node:
+    return pe.Node(interface, name=name, n_procs=omp_nthreads if step in THREADED_STEPS else 1,
+                   mem_gb=STEP_MEM_GB[step])
+
+
 def init_participant_wf(participant: str, plans, *, work_dir: Path, template: str, atlas: Path,
-                        atlas_table: Path, ref_stat: str = "mode", quality: str = "default"):
+                        atlas_table: Path, ref_stat: str = "mode", quality: str = "default",
+                        omp_nthreads: int = 1, random_seed: int | None = None):
     """Build the workflow for the sessions in ``plans`` that have a T1w and NM inputs."""
     wf = pe.Workflow(name=workflow_name(participant), base_dir=str(work_dir))
+    seed = {} if random_seed is None else {"random_seed": random_seed}  # unset: the default seed
     for plan in plans:
         if not plan.t1w or not plan.nm:
             continue
-        t1w = pe.Node(BiasCorrectT1w(t1w=plan.t1w), name=node_names(plan.session)["t1w"])
-        anat = pe.Node(AnatToTemplate(template=template, quality=quality), name=node_names(plan.session)["anat"])
-        warped = pe.Node(WarpT1wToTemplate(template=template), name=node_names(plan.session)["t1w_template"])
+        names = node_names(plan.session)
+        t1w = _node(BiasCorrectT1w(t1w=plan.t1w), names["t1w"], "t1w", omp_nthreads)
+        anat = _node(AnatToTemplate(template=template, quality=quality, **seed), names["anat"], "anat",
+                     omp_nthreads)
+        warped = _node(WarpT1wToTemplate(template=template), names["t1w_template"], "t1w_template", omp_nthreads)
         wf.connect([(t1w, anat, [("t1w_preproc", "t1w")]),
                     (t1w, warped, [("t1w_preproc", "t1w")]),
                     (anat, warped, [("affine", "affine"), ("warp", "warp")])])
         for index, nm in enumerate(plan.nm):
             names = node_names(plan.session, index)
-            prep = pe.Node(PrepareNM(in_files=nm.files), name=names["prepare"])
+            prep = _node(PrepareNM(in_files=nm.files, **seed), names["prepare"], "prepare", omp_nthreads)
             if nm.mt_off:
                 prep.inputs.mt_off = nm.mt_off
-            coreg = pe.Node(CoregNM(), name=names["coreg"])
-            quant = pe.Node(QuantifyNM(atlas=str(atlas), atlas_table=str(atlas_table), template=template,
-                                       acq_type=nm.acq_type, ref_stat=ref_stat,
-                                       profile=repr(PROFILES[nm.acq_type])), name=names["quantify"])
+            coreg = _node(CoregNM(**seed), names["coreg"], "coreg", omp_nthreads)
+            quant = _node(QuantifyNM(atlas=str(atlas), atlas_table=str(atlas_table), template=template,
+                                     acq_type=nm.acq_type, ref_stat=ref_stat,
+                                     profile=repr(PROFILES[nm.acq_type])), names["quantify"], "quantify",
+                          omp_nthreads)
             wf.connect([
                 (prep, coreg, [("nm_preproc", "nm")]),
                 (t1w, coreg, [("t1w_preproc", "t1w")]),
