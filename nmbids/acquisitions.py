@@ -91,6 +91,9 @@ PROFILES = {
         # on the template's 1 mm grid (GRE-MT measured/true 1.01 against 0.73, r 0.80 against
         # 0.74, at SNR 25 x 3 repeats, AAL3 nuclei).
         cr_method={"SN": "neighbour_top_volume", "VTA": "neighbour_top_volume", "LC": "neighbour_max_per_slice"},
+        unreliable={"VTA": "GRE-MT VTA CR compresses differences between subjects on the phantom validation "
+                           "(slope 0.28, r 0.60 at 0.8 mm in plane, docs/validation.md; r 0.63-0.85 at 0.5 mm, "
+                           "docs/validation_snr.md): read group differences in it with caution"},
         description="2D/3D gradient echo with MT preparation; SN/VTA against the crus cerebri, "
                     "LC against the pontine tegmentum where the slab reaches the pons.",
     ),

@@ -593,9 +593,8 @@ def measures_dictionary(ref_stat: str) -> dict:
             "MTR": "MT on/off pair"}},
         "roi": {"Description": "region", "Levels": {
             "SN": "substantia nigra (search region; NM-rich voxels found from the data)",
-            "VTA": "ventral tegmental area" + "".join(
-                f" ({acq}: not yet reliable: {p.unreliable['VTA']})" for acq, p in PROFILES.items()
-                if "VTA" in p.unreliable),
+            "VTA": "ventral tegmental area; not yet reliable: " + " ".join(
+                f"{p.unreliable['VTA']}." for p in PROFILES.values() if "VTA" in p.unreliable),
             "LC": "locus coeruleus",
             "LC_rostral": "superior third of the LC slices", "LC_middle": "middle third",
             "LC_caudal": "inferior third", "CC": "crus cerebri (reference for SN and VTA)",

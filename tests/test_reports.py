@@ -408,7 +408,7 @@ def test_warning_rules():
     fse_vta = {"acq_type": "FSE", "roi": "VTA", "hemi": "L", "measure": "cr", "value": "0.05"}
     (w,) = qcw.measures_row_warnings(fse_vta)
     assert w.rule.startswith("not yet reliable") and "FSE VTA" in w.rule
-    assert qcw.measures_row_warnings(dict(fse_vta, acq_type="GREMT")) == []
+    assert qcw.measures_row_warnings(dict(fse_vta, roi="SN")) == []
     assert qcw.measures_row_warnings(dict(fse_vta, value="n/a")) == []
 
 

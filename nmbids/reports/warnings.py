@@ -62,7 +62,7 @@ THRESHOLDS: tuple[Threshold, ...] = (
               "(LC, FSE): average more repeats"),
     Threshold("unreliable", "measures rows measure cr* of a ROI its acquisition profile marks",
               "warn on every value",
-              "the validation shows the value does not track the truth (FSE VTA)"),
+              "the validation shows the value does not track the truth well (VTA)"),
     Threshold("nm2t1w_similarity", "QC nm2t1w_similarity",
               f"warn when < {NM2T1W_SIMILARITY_MIN}",
               "the NM slab is probably misregistered to the T1w; ROIs may be misplaced "
