@@ -134,7 +134,9 @@ build_image() {
         extra+=(-v /etc/ssl/certs/ca-certificates.crt:/run/hostca.crt:ro
             --build-arg PIP_CERT=/run/hostca.crt)
     fi
-    local args=(--layers --isolation chroot --network host "${extra[@]}"
+    # --force-rm: a failed step must not leave its working container behind, or the prune
+    # below fails on the next run ("image is in use by a container")
+    local args=(--layers --force-rm --isolation chroot --network host "${extra[@]}"
         --build-arg BASE_IMAGE="$BASE_IMAGE"
         --build-arg FETCH_TEMPLATEFLOW=0
         --build-arg VERSION="$VERSION")
