@@ -13,16 +13,12 @@ import nibabel as nb
 import numpy as np
 import pandas as pd
 
-from .errors import EXIT_USAGE, NmbidsError
+from .contract.exits import EXIT_USAGE, NmbidsError
+from .contract.names import atlas_paths
 from .outputs import atomic_write_bytes, atomic_write_tsv
 from .rois import build_atlas
 
 REQUIRED_COLUMNS = ("index", "name", "roi", "hemi", "kind")
-
-
-def atlas_paths(output_dir: Path, space: str) -> tuple[Path, Path]:
-    stem = Path(output_dir) / "atlas" / f"tpl-{space}_atlas-nmbids_dseg"
-    return stem.with_suffix(".nii.gz"), stem.with_suffix(".tsv")
 
 
 def prepare_atlas(output_dir: Path, template, user_atlas: Path | None = None) -> tuple[Path, Path]:

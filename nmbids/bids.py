@@ -18,7 +18,8 @@ from pathlib import Path
 
 from .acquisitions import (MTR, classify, head_t1w_rank, looks_like_nm, name_looks_like_nm,
                            slab_shape)
-from .errors import EXIT_NO_FILES, EXIT_NO_INPUT, NmbidsError
+from .contract.names import session_prefix, source_prefix
+from .contract.exits import EXIT_NO_FILES, EXIT_NO_INPUT, NmbidsError
 
 # How to name NM images so that nmbids finds them: the one hint every "not found" line gives.
 NM_NAMING_HINT = ("nmbids reads visible BIDS names in anat/: NM images as sub-<label>[_ses-<label>]_acq-NM_T1w"
@@ -27,12 +28,6 @@ NM_NAMING_HINT = ("nmbids reads visible BIDS names in anat/: NM images as sub-<l
 # the reason recorded for an NM image refused because its session has no usable T1w
 NO_T1W_REASON = "no usable T1w"
 NM_SUFFIXES = {"T1w", "T2w", "T2starw", "MEGRE", "MTR", "MTS", "MPM", "PDw", "FLASH", "NM"}
-# entities that name a derivative (run is dropped: runs are repeats averaged together)
-_PREFIX_ENTITIES = (("subject", "sub"), ("session", "ses"), ("acquisition", "acq"),
-                    ("ceagent", "ce"), ("reconstruction", "rec"), ("direction", "dir"),
-                    ("echo", "echo"), ("flip", "flip"), ("inversion", "inv"), ("part", "part"))
-
-
 @dataclass
 class NMInput:
     """One NM measurement: its repeats (several runs or one 4D file) and its kind."""
@@ -67,7 +62,7 @@ class SessionPlan:
 
     @property
     def prefix(self) -> str:
-        return f"sub-{self.participant}" + (f"_ses-{self.session}" if self.session else "")
+        return session_prefix(self.participant, self.session)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -275,15 +270,6 @@ def _geometry(path: str) -> tuple | None:
         return None
 
 
-def _prefix(entities: dict) -> str:
-    ents = dict(entities)
-    # an image without acq- (e.g. sub-01_mt-on_MTR) is named after its suffix, so that its
-    # derivatives never look like the session's own files (sub-01_desc-...)
-    if "acquisition" not in ents and ents.get("suffix"):
-        ents["acquisition"] = re.sub(r"[^A-Za-z0-9]", "", ents["suffix"])
-    return "_".join(f"{short}-{ents[long]}" for long, short in _PREFIX_ENTITIES if long in ents)
-
-
 def plan_participant(layout, bids_dir: Path, participant: str, sessions=None,
                      filters: dict | None = None) -> list[SessionPlan]:
     """The plan for one participant: one ``SessionPlan`` per session (or one without)."""
@@ -446,9 +432,9 @@ def _pair_and_build(groups: dict, ignored: list) -> list:
             off = partners[0][0][0].path
             taken.add(off)
             nm = NMInput(rel, [m[0].path for m in members], acq_type, evidence,
-                         _prefix(ents), mt_off=off, metadata=meta)
+                         source_prefix(ents), mt_off=off, metadata=meta)
         else:
-            nm = NMInput(rel, [m[0].path for m in members], acq_type, evidence, _prefix(ents),
+            nm = NMInput(rel, [m[0].path for m in members], acq_type, evidence, source_prefix(ents),
                          metadata=meta)
         inputs.append(nm)
     # mt-off images that no mt-on claimed

@@ -20,7 +20,7 @@ os.environ.setdefault("NO_ET", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 from . import __version__  # noqa: E402
-from .errors import (EXIT_CANTCREAT, EXIT_DATA, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_IOERR,  # noqa: E402
+from .contract.exits import (EXIT_CANTCREAT, EXIT_DATA, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_IOERR,  # noqa: E402
                      EXIT_NO_FILES, EXIT_NO_INPUT, EXIT_OK, EXIT_UNKNOWN_LEVEL, EXIT_USAGE, EXIT_VALIDATION,
                      NmbidsError)
 from .parser import build_parser  # noqa: E402
@@ -101,9 +101,10 @@ def _setup_console(verbose: int) -> None:
 
 def _setup_logging(output_dir: Path, run_id: str) -> Path:
     """The log file: everything, tracebacks included."""
-    log_dir = output_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    logfile = log_dir / f"nmbids_{run_id}.log"
+    from .contract.names import run_log
+
+    logfile = run_log(output_dir, run_id)
+    logfile.parent.mkdir(parents=True, exist_ok=True)
     fh = _LogFile(logfile)
     fh.setLevel(logging.DEBUG)
     fh.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
@@ -152,7 +153,7 @@ def run(args, argv) -> int:
         print(f"nmbids: error: unknown analysis level {level!r} (use 'participant' or 'group')", file=sys.stderr)
         return EXIT_UNKNOWN_LEVEL
     _check_paths(args)
-    from .participant import new_run_id
+    from .execute import new_run_id
 
     run_id = new_run_id()
     logfile = _setup_logging(args.output_dir, run_id)
@@ -213,7 +214,7 @@ def _participant(args, run_id: str, command: str) -> int:
         return _reports_only(args)
     filters = _load_filters(args.bids_filter_file)
     if args.use_plugin:  # a broken plugin file is a usage error before any work, not a crash later
-        from .participant import read_plugin_file
+        from .plugin import read_plugin_file
         read_plugin_file(args.use_plugin)
     if not args.skip_bids_validation and not args.dry_run:
         _validate(args.bids_dir)

@@ -6,7 +6,7 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 
-from .errors import EXIT_DATA, NmbidsError
+from .contract.exits import EXIT_DATA, NmbidsError
 
 
 def check_image(path: str | Path, *, participant: str, rel: str, kind: str, allow_4d: bool) -> tuple:

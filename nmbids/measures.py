@@ -463,16 +463,18 @@ def icc_2_1(data: ArrayLike) -> float:
     return float((bms - ems) / denom)
 
 
-def hedges_g(a: ArrayLike, b: ArrayLike) -> float:
+def hedges_g(a: ArrayLike, b: ArrayLike, difference: float | None = None) -> float:
     """Hedges' g, the bias-corrected standardized mean difference of a minus b.
 
         s_p = sqrt(((n_a - 1) s_a^2 + (n_b - 1) s_b^2) / (n_a + n_b - 2))
-        d   = (mean(a) - mean(b)) / s_p
+        d   = D / s_p,  D = mean(a) - mean(b) unless ``difference`` is given
         g   = J * d,  J = 1 - 3 / (4 (n_a + n_b) - 9)
 
-    s_a, s_b are sample standard deviations (ddof=1). Unitless. Non-finite
-    values are ignored; NaN when either group has fewer than 2 values or the
-    pooled sd is 0.
+    s_a, s_b are sample standard deviations (ddof=1). Unitless. ``difference``: the
+    difference to standardise when it is not the raw one; the group statistics pass the
+    covariate-adjusted OLS estimate, standardised by the unadjusted pooled sd of the two
+    groups (Lakens 2013). Non-finite values are ignored; NaN when either group has fewer
+    than 2 values or the pooled sd is 0.
     """
     x, y = _finite(a), _finite(b)
     na, nb = x.size, y.size
@@ -481,6 +483,6 @@ def hedges_g(a: ArrayLike, b: ArrayLike) -> float:
     pooled_var = ((na - 1) * np.var(x, ddof=1) + (nb - 1) * np.var(y, ddof=1)) / (na + nb - 2)
     if pooled_var == 0:
         return NAN
-    d = (x.mean() - y.mean()) / np.sqrt(pooled_var)
+    d = (x.mean() - y.mean() if difference is None else difference) / np.sqrt(pooled_var)
     j = 1.0 - 3.0 / (4.0 * (na + nb) - 9.0)
     return float(j * d)

@@ -1,4 +1,5 @@
-"""Writing derivatives: names, atomic writes, sidecars and the dataset description."""
+"""Writing outputs atomically, and the derivatives' dataset description and .bidsignore
+(the names are :mod:`nmbids.contract.names`')."""
 from __future__ import annotations
 
 import contextlib
@@ -12,9 +13,8 @@ from typing import Iterator
 import pandas as pd
 
 from . import __version__
+from .contract.names import BIDSIGNORE, CITATION, LOGS_DIR
 
-BIDSIGNORE = ["atlas/", "logs/", "group/", "*.html", "*/figures/", "*/log/", "*_measures.*",
-              "*_qc.*", "*_crmap.*", "*_NM.*", "*_NM.json", "*_timeseries.*", "*_MTRmap.*"]
 TMP_PREFIX = ".tmp-"  # temporary files of atomic writes: hidden, never a final name
 
 
@@ -110,13 +110,6 @@ def bids_uri(rel_path: str) -> str:
     return f"bids:raw:{rel_path}"
 
 
-def anat_dir(output_dir: Path, participant: str, session: str | None) -> Path:
-    d = Path(output_dir) / f"sub-{participant}"
-    if session:
-        d = d / f"ses-{session}"
-    return d / "anat"
-
-
 def write_dataset_description(output_dir: Path, bids_dir: Path) -> None:
     """``dataset_description.json`` and ``.bidsignore`` of the derivatives (idempotent)."""
     output_dir = Path(output_dir)
@@ -132,7 +125,7 @@ def write_dataset_description(output_dir: Path, bids_dir: Path) -> None:
         }],
         "SourceDatasets": [{"URL": f"file://{Path(bids_dir).resolve()}"}],
         "DatasetLinks": {"raw": str(Path(bids_dir).resolve())},
-        "HowToAcknowledge": "Cite nmbids and the references in logs/CITATION.md.",
+        "HowToAcknowledge": f"Cite nmbids and the references in {LOGS_DIR}/{CITATION}.",
     }
     path = output_dir / "dataset_description.json"
     try:  # several participant jobs may write it at once: each write is a whole file (rename)
@@ -141,6 +134,10 @@ def write_dataset_description(output_dir: Path, bids_dir: Path) -> None:
         current = None
     if current != desc["GeneratedBy"]:
         atomic_write_json(path, desc)
-    ignore = output_dir / ".bidsignore"
-    if not ignore.exists():
-        atomic_write_text(ignore, "\n".join(BIDSIGNORE) + "\n")
+    ignore, text = output_dir / ".bidsignore", "\n".join(BIDSIGNORE) + "\n"
+    try:
+        current = ignore.read_text()
+    except OSError:
+        current = None
+    if current != text:  # missing, or written by an older nmbids that listed fewer patterns
+        atomic_write_text(ignore, text)

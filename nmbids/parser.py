@@ -5,7 +5,8 @@ import argparse
 import re
 from pathlib import Path
 
-from . import __version__, errors
+from . import __version__
+from .contract import exits
 from .acquisitions import DEFAULT_REF_STAT, REF_STATS
 
 # --mem: a bare number is GB (as MRIQC's --mem-gb); one this large is surely fMRIPrep's MB
@@ -38,8 +39,8 @@ def parse_mem(text: str) -> MemoryGB:
 
 
 def exit_codes_epilog() -> str:
-    """The exit codes, from nmbids.errors (their one definition), for --help."""
-    lines = [f"  {code:>3}  {meaning}" for code, meaning in errors.EXIT_MEANINGS.items()]
+    """The exit codes, from nmbids.contract.exits (their one definition), for --help."""
+    lines = [f"  {code:>3}  {meaning}" for code, meaning in exits.EXIT_MEANINGS.items()]
     return "exit codes:\n" + "\n".join(lines)
 
 
@@ -50,7 +51,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # usage errors exit 64 (EX_USAGE), not argparse's 2
         self.print_usage()
-        self.exit(errors.EXIT_USAGE, f"nmbids: error: {message}\n")
+        self.exit(exits.EXIT_USAGE, f"nmbids: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

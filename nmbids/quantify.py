@@ -13,8 +13,6 @@ import pandas as pd
 from . import measures as m
 from .acquisitions import NEIGHBOUR, AcquisitionProfile
 
-MEASURE_COLUMNS = ["participant_id", "session_id", "source", "acq_type", "roi", "hemi", "measure",
-                   "value", "unit", "method", "space", "reference", "ref_stat"]
 HEMIS = ("L", "R", "bilateral")
 
 
@@ -228,14 +226,6 @@ def mt_rows(mtr_map: np.ndarray, enhancement: np.ndarray, mt_on: np.ndarray, dse
     for ref_roi in sorted(set(profile.references.values())):
         row(ref_roi, "bilateral", "mtr", mean_of(mtr_map, masks.get((ref_roi, "bilateral"))), "percent", "roi_mean")
     return rows
-
-
-# The QC table's ``snr`` column as its data dictionaries (participant and group) describe it.
-SNR_DESCRIPTION = ("SNR of the NM image as measured (repeats averaged, bias-corrected): the reference "
-                   "value of the map's reference region (crus cerebri; pontine tegmentum for FSE) over "
-                   "the noise sd estimated in that region from each voxel's difference to the mean of its "
-                   "8 in-plane neighbours (1.4826 x MAD / sqrt(1 + 1/8)); the tissue's own spread does "
-                   "not count as noise")
 
 
 def qc_snr(refs: dict, map_reference: str) -> float:

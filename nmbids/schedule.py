@@ -20,7 +20,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EXIT_FAILURE, EXIT_IOERR, EXIT_OK
+from .contract import names
+from .contract.exits import EXIT_FAILURE, EXIT_IOERR, EXIT_OK
 from .progress import Progress
 
 LOG = logging.getLogger("nmbids")
@@ -106,13 +107,13 @@ class _Counter(logging.Handler):
 
 
 def _crash_file(output_dir: Path, participant: str, run_id: str) -> Path:
-    return Path(output_dir) / f"sub-{participant}" / "log" / run_id / "crash-participant.txt"
+    return names.participant_log_dir(output_dir, participant, run_id) / "crash-participant.txt"
 
 
 def run_one(participant: str, plans: list, kwargs: dict) -> Result:
     """One participant end to end; never raises (the failure is its result)."""
     from .cli import io_error_line
-    from .participant import run_participant
+    from .execute import run_participant
 
     counter = _Counter()
     LOG.addHandler(counter)
@@ -136,7 +137,7 @@ def run_one(participant: str, plans: list, kwargs: dict) -> Result:
             code = EXIT_FAILURE
     finally:
         LOG.removeHandler(counter)
-    report = Path(kwargs["output_dir"]) / f"sub-{participant}.html"
+    report = names.report(kwargs["output_dir"], participant)
     return Result(participant, code, sum(len(p.nm) for p in plans), counter.warnings, counter.errors,
                   report.name if report.exists() else None, outcome)
 

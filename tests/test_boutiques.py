@@ -23,7 +23,7 @@ boutiques = pytest.importorskip("boutiques")
 from boutiques import bosh  # noqa: E402
 
 import nmbids  # noqa: E402
-from nmbids import errors  # noqa: E402
+from nmbids.contract import exits as errors  # noqa: E402
 from nmbids.parser import build_parser  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

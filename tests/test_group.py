@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nmbids.group import EXIT_DATAERR, EXIT_NOINPUT, EXIT_USAGE, run_group
+from nmbids.group import EXIT_DATA, EXIT_NO_INPUT, EXIT_USAGE, run_group
 from nmbids.group.collect import MEASURE_COLUMNS, QC_COLUMNS, collect, natural_key
 from nmbids.group.synthetic import SimSpec, simulate
 
@@ -191,11 +191,11 @@ def small(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kwargs, code, words", [
-    ({"group_column": "diagnosis"}, EXIT_DATAERR, "participants.tsv has no column 'diagnosis' (columns: group, age, sex)"),
-    ({"covariates": ("age", "iq")}, EXIT_DATAERR, "no column 'iq'"),
-    ({"harmonize": "scanner"}, EXIT_DATAERR, "no column 'scanner'"),
-    ({"reference_group": "XX"}, EXIT_DATAERR, "reference group 'XX'"),
-    ({"predictor": "sex"}, EXIT_DATAERR, "not numeric"),
+    ({"group_column": "diagnosis"}, EXIT_DATA, "participants.tsv has no column 'diagnosis' (columns: group, age, sex)"),
+    ({"covariates": ("age", "iq")}, EXIT_DATA, "no column 'iq'"),
+    ({"harmonize": "scanner"}, EXIT_DATA, "no column 'scanner'"),
+    ({"reference_group": "XX"}, EXIT_DATA, "reference group 'XX'"),
+    ({"predictor": "sex"}, EXIT_DATA, "not numeric"),
     ({"group_column": "group", "predictor": "age"}, EXIT_USAGE, "not both"),
     ({"n_permutations": 0}, EXIT_USAGE, "at least 1"),
 ])
@@ -212,21 +212,21 @@ def test_bad_options_give_clear_errors(small, caplog, kwargs, code, words):
 def test_missing_participants_tsv_with_named_column(tmp_path, caplog):
     simulate(tmp_path / "bids", tmp_path / "out", SimSpec(n_per_group={"HC": 3, "SZ": 3}, measures=("cr",)))
     (tmp_path / "bids" / "participants.tsv").unlink()
-    assert run_group(tmp_path / "bids", tmp_path / "out", group_column="group", voxelwise=False) == EXIT_NOINPUT
+    assert run_group(tmp_path / "bids", tmp_path / "out", group_column="group", voxelwise=False) == EXIT_NO_INPUT
     assert "participants.tsv is missing" in caplog.text
 
 
 def test_no_outputs_is_required_input_missing(tmp_path, caplog):
     (tmp_path / "bids").mkdir()
     (tmp_path / "out" / "sub-01").mkdir(parents=True)
-    assert run_group(tmp_path / "bids", tmp_path / "out") == EXIT_NOINPUT
+    assert run_group(tmp_path / "bids", tmp_path / "out") == EXIT_NO_INPUT
     assert "no readable measures table" in caplog.text
 
 
 def test_single_group_level_is_bad_data(tmp_path, caplog):
     simulate(tmp_path / "bids", tmp_path / "out", SimSpec(n_per_group={"HC": 4}, measures=("cr",)))
     assert run_group(tmp_path / "bids", tmp_path / "out", group_column="group",
-                     voxelwise=False) == EXIT_DATAERR
+                     voxelwise=False) == EXIT_DATA
     assert "at least two groups" in caplog.text
 
 

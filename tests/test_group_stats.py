@@ -9,7 +9,7 @@ from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
 from nmbids.group.collect import collect, cross_sectional, wide_table
-from nmbids.group.errors import GroupError
+from nmbids.contract.exits import NmbidsError
 from nmbids.group.stats import STATS_COLUMNS, build_design, default_reference, fit_all
 from nmbids.group.synthetic import SimSpec, simulate
 
@@ -152,7 +152,7 @@ def test_small_groups_and_missing_values_are_skipped_not_fatal():
 
 def test_design_errors():
     cross = pd.DataFrame({"participant_id": ["sub-1", "sub-2"], "group": ["a", "b"]})
-    with pytest.raises(GroupError, match="no column 'dx'"):
+    with pytest.raises(NmbidsError, match="no column 'dx'"):
         build_design(cross, True, group_column="dx")
-    with pytest.raises(GroupError, match="participants.tsv is missing"):
+    with pytest.raises(NmbidsError, match="participants.tsv is missing"):
         build_design(cross, False, group_column="group")

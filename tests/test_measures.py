@@ -322,6 +322,8 @@ def test_hedges_g():
     assert m.hedges_g([1, 3], [2, 4, 6]) == pytest.approx(-2 / math.sqrt(10 / 3) * (8 / 11))
     assert math.isnan(m.hedges_g([1], [2, 3]))
     assert math.isnan(m.hedges_g([1, 1], [1, 1]))
+    # a given (e.g. covariate-adjusted) difference standardised by the groups' pooled sd
+    assert m.hedges_g([1, 2, 3], [3, 4, 5], difference=-1.0) == pytest.approx(-0.8)
 
 
 def _toy_nucleus(sigma, seed, cr=0.2):

@@ -146,6 +146,23 @@ def test_group_level_collects_tables(phantom_run):
     assert (out / "group" / "group_stats.tsv").exists()
 
 
+def test_derivatives_pass_the_bids_validator(phantom_run):
+    """The validator users run on derivatives (bids-validator-deno), on the participant and group
+    outputs of a run that also had bad inputs: no error."""
+    import shutil
+
+    root, out, _ = phantom_run
+    exe = shutil.which("bids-validator-deno") or str(Path(sys.executable).with_name("bids-validator-deno"))
+    if not Path(exe).exists():
+        pytest.skip("bids-validator-deno not installed")
+    if not (out / "group" / "group_measures.tsv").exists():
+        assert _run(root / "bids", out, "group", "--no-voxelwise") == 0
+    res = subprocess.run([exe, "--format", "json", str(out)], capture_output=True, text=True, timeout=600)
+    issues = json.loads(res.stdout)["issues"]["issues"]
+    errors = [(i["code"], i.get("location")) for i in issues if i.get("severity") == "error"]
+    assert not errors, errors[:10]
+
+
 def test_run_py_and_version():
     repo = Path(__file__).resolve().parents[1]
     res = subprocess.run([sys.executable, str(repo / "run.py"), "--version"], capture_output=True, text=True)

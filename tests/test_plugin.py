@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from nmbids.cli import main as nmbids_main
-from nmbids.errors import NmbidsError
-from nmbids.participant import _plugin, read_plugin_file
+from nmbids.contract.exits import NmbidsError
+from nmbids.plugin import plugin_settings as _plugin, read_plugin_file
 
 
 def _options(path=None, nprocs=2, mem=None):

@@ -471,13 +471,18 @@ def test_renders_in_headless_chromium(report, tmp_path):
 
 def test_paths_and_prefixes(tmp_path):
     from nmbids.reports.participant import _session_dirs
-    from nmbids.reports.utils import belongs_to_prefix, prefix_from_source
+    from nmbids.contract.names import prefix_of_source, source_prefix
+    from nmbids.reports.utils import belongs_to_prefix
 
     sub = tmp_path / "sub-01"
     assert _session_dirs(sub, "ses-1") == ("sub-01_ses-1", sub / "ses-1" / "anat")
     assert _session_dirs(sub, "n/a") == ("sub-01", sub / "anat")
-    assert prefix_from_source("sub-01/ses-1/anat/sub-01_ses-1_acq-NM_run-2_mt-on_T1w.nii.gz") == \
-        "sub-01_ses-1_acq-NM_run-2"
+    # the report's prefix of a source is the pipeline's: runs are repeats (no run- in the
+    # derivative), an MT image without acq- is named after its suffix
+    assert prefix_of_source("sub-01/ses-1/anat/sub-01_ses-1_acq-NM_run-2_mt-on_T1w.nii.gz") == \
+        source_prefix({"subject": "01", "session": "1", "acquisition": "NM", "run": "2", "mt": "on",
+                       "suffix": "T1w"}) == "sub-01_ses-1_acq-NM"
+    assert prefix_of_source("sub-01/anat/sub-01_mt-on_MTR.nii.gz") == "sub-01_acq-MTR"
     assert belongs_to_prefix("sub-01_acq-NM_space-X_crmap.nii.gz", "sub-01_acq-NM")
     assert not belongs_to_prefix("sub-01_acq-NM_run-2_space-X_crmap.nii.gz", "sub-01_acq-NM")
     with pytest.raises(ValueError):

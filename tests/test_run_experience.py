@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nmbids.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_MEANINGS, EXIT_OK
+from nmbids.contract.exits import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_MEANINGS, EXIT_OK
 from nmbids.parser import MEM_SURELY_MB, build_parser, parse_mem
 from nmbids.progress import PROGRESS, Progress, duration
 from nmbids.schedule import PARTICIPANT_MEM_GB, plan_resources

@@ -23,16 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..quantify import MEASURE_COLUMNS  # the participant level's contract, one definition
-from .errors import EXIT_DATAERR, EXIT_NOINPUT, EXIT_USAGE, GroupError
-
-MEASURE_REQUIRED = ["participant_id", "roi", "hemi", "measure", "value"]
-QC_COLUMNS = ["participant_id", "session_id", "source", "acq_type", "n_repeats", "motion_mean_mm",
-              "motion_max_mm", "snr", "nm2t1w_similarity", "t1w2template_similarity", "coverage_SN",
-              "coverage_VTA", "coverage_LC", "flags"]
-QC_REQUIRED = ["participant_id"]
-QC_NUMERIC = ["n_repeats", "motion_mean_mm", "motion_max_mm", "snr", "nm2t1w_similarity",
-              "t1w2template_similarity", "coverage_SN", "coverage_VTA", "coverage_LC"]
+from ..contract.names import MEASURES_TAIL, QC_TAIL
+from ..contract.tables import MEASURE_COLUMNS, MEASURE_REQUIRED, QC_COLUMNS, QC_NUMERIC, QC_REQUIRED  # noqa: F401
+from ..contract.exits import EXIT_DATA, EXIT_NO_INPUT, EXIT_USAGE, NmbidsError
 
 ROI_ORDER = ["SN", "VTA", "LC", "LC_rostral", "LC_middle", "LC_caudal", "CC", "PT"]
 HEMI_ORDER = ["L", "R", "bilateral"]
@@ -44,8 +37,6 @@ NA_VALUES = ["n/a", "N/A", "NaN", "nan", ""]
 
 CHUNK_ROWS = 100_000  # rows parsed at once when reading many tables
 
-MEASURES_SUFFIX = "_desc-nm_measures.tsv"
-QC_SUFFIX = "_desc-nm_qc.tsv"
 
 
 @dataclass
@@ -247,15 +238,15 @@ def read_participants(bids_dir: Path) -> tuple[pd.DataFrame | None, dict]:
     try:
         df = _read_csv(path.read_text(encoding="utf-8-sig"))
     except Exception as exc:
-        raise GroupError(f"cannot read {path}: {str(exc).splitlines()[0]}", EXIT_DATAERR) from exc
+        raise NmbidsError(f"cannot read {path}: {str(exc).splitlines()[0]}", EXIT_DATA) from exc
     df.columns = [str(c).strip() for c in df.columns]
     if "participant_id" not in df.columns:
-        raise GroupError(f"{path} has no participant_id column", EXIT_DATAERR)
+        raise NmbidsError(f"{path} has no participant_id column", EXIT_DATA)
     pid = df["participant_id"].astype(str).str.strip()
     df["participant_id"] = np.where(pid.str.startswith("sub-"), pid, "sub-" + pid)
     dup = df["participant_id"][df["participant_id"].duplicated()].unique().tolist()
     if dup:
-        raise GroupError(f"{path} lists participant_id more than once: {', '.join(dup[:5])}", EXIT_DATAERR)
+        raise NmbidsError(f"{path} lists participant_id more than once: {', '.join(dup[:5])}", EXIT_DATA)
     sidecar: dict = {}
     js = path.with_suffix(".json")
     if js.is_file():
@@ -298,9 +289,9 @@ def read_exclusions(path: Path) -> pd.DataFrame:
     try:
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except (OSError, ValueError) as err:
-        raise GroupError(f"--exclude {path}: cannot read the table ({err})", EXIT_USAGE) from None
+        raise NmbidsError(f"--exclude {path}: cannot read the table ({err})", EXIT_USAGE) from None
     if "participant_id" not in table.columns:
-        raise GroupError(f"--exclude {path}: no participant_id column (columns: "
+        raise NmbidsError(f"--exclude {path}: no participant_id column (columns: "
                          f"{', '.join(EXCLUDE_COLUMNS)})", EXIT_USAGE)
     for col in EXCLUDE_COLUMNS:
         if col not in table.columns:
@@ -360,14 +351,14 @@ def collect(bids_dir: Path, output_dir: Path, participant_label=None, session_la
     """Read every measures and QC table and participants.tsv.
 
     ``exclusions`` (``read_exclusions``): rows left out, with their reasons recorded.
-    Raises :class:`GroupError` (exit 66) when no readable measures table exists.
+    Raises :class:`NmbidsError` (exit 66) when no readable measures table exists.
     """
     log = logger or logging.getLogger("nmbids")
     subjects = strip_labels(participant_label, "sub-")
     sessions = strip_labels(session_label, "ses-")
     participants, sidecar = read_participants(bids_dir)
 
-    found, folders = find_tables(Path(output_dir), MEASURES_SUFFIX, subjects, sessions)
+    found, folders = find_tables(Path(output_dir), MEASURES_TAIL, subjects, sessions)
     owners = [(sub, ses, path) for sub, items in found.items() for ses, path in items]
     measures, problems = read_tables([p for _, _, p in owners], MEASURE_COLUMNS, MEASURE_REQUIRED)
 
@@ -440,8 +431,8 @@ def collect(bids_dir: Path, output_dir: Path, participant_label=None, session_la
                 coll.sessions[sub] = []
                 coll.excluded[sub] = "requested with --participant-label but not found"
     if not len(measures) or not coll.included:
-        raise GroupError(f"no readable measures table (*{MEASURES_SUFFIX}) with data found in {output_dir}",
-                         EXIT_NOINPUT)
+        raise NmbidsError(f"no readable measures table (*{MEASURES_TAIL}) with data found in {output_dir}",
+                         EXIT_NO_INPUT)
     if participants is not None:
         unknown = sorted(set(coll.included) - set(participants["participant_id"]))
         if unknown:
@@ -451,7 +442,7 @@ def collect(bids_dir: Path, output_dir: Path, participant_label=None, session_la
                 coll.note(sub, "not listed in participants.tsv")
 
     # QC tables: problems are noted, never fatal
-    qc_found, _ = find_tables(Path(output_dir), QC_SUFFIX, subjects, sessions)
+    qc_found, _ = find_tables(Path(output_dir), QC_TAIL, subjects, sessions)
     qc_owners = [(sub, ses, path) for sub, items in qc_found.items() for ses, path in items]
     qc, qc_problems = read_tables([p for _, _, p in qc_owners], QC_COLUMNS, QC_REQUIRED)
     for i, reason in qc_problems:

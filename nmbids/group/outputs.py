@@ -15,22 +15,22 @@ import numpy as np
 import pandas as pd
 
 from ..outputs import atomic_path as _atomic_path
-from ..quantify import SNR_DESCRIPTION
-from .errors import EXIT_CANTCREAT, GroupError
+from ..contract.exits import EXIT_CANTCREAT, NmbidsError
+from ..contract.tables import measure_levels, measures_dictionary, qc_dictionary
 
 NA = "n/a"
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """``nmbids.outputs.atomic_path``, with a failure to create the file as a GroupError."""
+    """``nmbids.outputs.atomic_path``, with a failure to create the file as a NmbidsError."""
     try:
         with _atomic_path(path) as tmp:
             yield tmp
     except OSError as exc:
         if Path(path).exists() or not isinstance(exc, (PermissionError, FileNotFoundError)):
             raise
-        raise GroupError(f"cannot create {path}: {exc.strerror or exc}", EXIT_CANTCREAT) from exc
+        raise NmbidsError(f"cannot create {path}: {exc.strerror or exc}", EXIT_CANTCREAT) from exc
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -138,56 +138,9 @@ def save_nifti(img, path: Path, sidecar: dict | None = None) -> Path:
 # Data dictionaries (also the source of docs/group.md)
 # ---------------------------------------------------------------------------
 
-MEASURE_COLUMNS_DOC = {
-    "participant_id": {"Description": "Participant label, sub-<label>."},
-    "session_id": {"Description": "Session label, ses-<label>, or n/a when the dataset has no sessions."},
-    "source": {"Description": "The NM file the value was measured on, relative to the BIDS root."},
-    "acq_type": {"Description": "Acquisition type of the source.",
-                 "Levels": {"GREMT": "gradient echo with MT pre-pulses", "FSE": "T1-weighted fast/turbo spin echo",
-                            "MTR": "MT ratio from an MT-on/MT-off pair"}},
-    "roi": {"Description": "Region: SN, VTA, LC, LC_rostral, LC_middle, LC_caudal, or a reference region "
-                           "(CC crus cerebri, PT pontine tegmentum)."},
-    "hemi": {"Description": "Hemisphere.", "Levels": {"L": "left", "R": "right", "bilateral": "both"}},
-    "measure": {"Description": "Measure name (see the participant-level data dictionary and docs/outputs.md)."},
-    "value": {"Description": "The value of the measure; n/a when it could not be measured honestly."},
-    "unit": {"Description": "Unit of value: ratio, mm3, fraction, percent or a.u."},
-    "method": {"Description": "How the value was made (top_volume, threshold, roi_mean, max_per_slice, ...; see the participant measures dictionary)."},
-    "space": {"Description": "Where the value was measured: native (the NM image's own grid) or template "
-                             "(the NM image resampled to the output template, with the template's regions); "
-                             "older participant tables without this column give n/a."},
-    "reference": {"Description": "Reference region (CC, PT) or n/a."},
-    "ref_stat": {"Description": "Reference statistic: mode, median or mean, or n/a."},
-}
-
-QC_COLUMNS_DOC = {
-    "participant_id": MEASURE_COLUMNS_DOC["participant_id"],
-    "session_id": MEASURE_COLUMNS_DOC["session_id"],
-    "source": MEASURE_COLUMNS_DOC["source"],
-    "acq_type": MEASURE_COLUMNS_DOC["acq_type"],
-    "n_repeats": {"Description": "Number of repeats averaged."},
-    "motion_mean_mm": {"Description": "Mean displacement of the repeats relative to the first.", "Units": "mm"},
-    "motion_max_mm": {"Description": "Maximum displacement of the repeats relative to the first.", "Units": "mm"},
-    "snr": {"Description": SNR_DESCRIPTION, "Units": "ratio"},
-    "nm2t1w_similarity": {"Description": "Similarity of the NM image to the T1w after registration."},
-    "t1w2template_similarity": {"Description": "Similarity of the T1w to the template after registration."},
-    "coverage_SN": {"Description": "Fraction of the SN atlas ROI inside the NM slab.", "Units": "fraction"},
-    "coverage_VTA": {"Description": "Fraction of the VTA atlas ROI inside the NM slab.", "Units": "fraction"},
-    "coverage_LC": {"Description": "Fraction of the LC atlas ROI inside the NM slab.", "Units": "fraction"},
-    "flags": {"Description": "QC flags raised at the participant level, ';'-separated, n/a when none."},
-}
-
-MEASURE_DOC = {
-    "cr": ("contrast ratio (I - ref(R)) / ref(R), the default method", "ratio"),
-    "cr_roimean": ("contrast ratio of the ROI mean", "ratio"),
-    "cr_threshold": ("contrast ratio of the suprathreshold voxels", "ratio"),
-    "cnr": ("contrast-to-noise ratio (I - mean(R)) / sd(R)", "ratio"),
-    "volume_mm3": ("volume of the voxels above ref(R) + k sd(R)", "mm3"),
-    "coverage": ("fraction of the ROI inside the NM slab", "fraction"),
-    "reference_value": ("ref(R), the reference-region intensity", "a.u."),
-    "mtr": ("magnetization transfer ratio 100 (off - on) / off, ROI tissue mean", "percent"),
-    "mtr_threshold": ("magnetization transfer ratio 100 (off - on) / off, NM-rich ROI voxels", "percent"),
-    "mt_enhancement": ("MT enhancement on / off, ROI tissue mean", "ratio"),
-}
+# the participant tables' columns, as the participant level describes them (one definition)
+MEASURE_COLUMNS_DOC = measures_dictionary()
+QC_COLUMNS_DOC = qc_dictionary()
 
 STATS_COLUMNS_DOC = {
     "roi": MEASURE_COLUMNS_DOC["roi"],
@@ -262,7 +215,7 @@ CLUSTER_COLUMNS_DOC = {
 
 
 def outcome_doc(column: str, roi: str, hemi: str, measure: str) -> dict:
-    desc, unit = MEASURE_DOC.get(measure, (measure, None))
+    desc, unit = measure_levels().get(measure, (measure, None))
     out = {"Description": f"{desc}; region {roi}, hemisphere {hemi}."}
     if unit:
         out["Units"] = unit

@@ -10,7 +10,7 @@ import pandas as pd
 from . import outputs
 from .collect import (MEASURE_COLUMNS, NA, QC_COLUMNS, Collection, collect, cross_sectional,
                       long_table, participant_columns, read_exclusions, wide_table)
-from .errors import EXIT_FAILURE, EXIT_IOERR, EXIT_NOINPUT, EXIT_OK, EXIT_USAGE, GroupError
+from ..contract.exits import EXIT_FAILURE, EXIT_IOERR, EXIT_NO_INPUT, EXIT_OK, EXIT_USAGE, NmbidsError
 from .stats import NOT_OUTCOMES, OUTLIER_Z, build_design, find_outliers, fit_all, within_subject_change
 
 DEFAULT_GROUP_COLUMN = "group"
@@ -21,7 +21,7 @@ def run_group(bids_dir: Path, output_dir: Path, *, participant_label=None, sessi
               group_column=None, covariates=(), reference_group=None, predictor=None,
               robust=False, harmonize=None, n_permutations=1000, seed=None, voxelwise=True,
               exclude=None, logger=None) -> int:
-    """Run the group level; return an exit code (see :mod:`nmbids.group.errors`).
+    """Run the group level; return an exit code (see :mod:`nmbids.contract.exits`).
 
     0 ok, 1 unexpected failure, 64 usage error, 65 bad input data, 66 required input
     missing, 73 cannot create output, 74 I/O error.
@@ -40,7 +40,7 @@ def run_group(bids_dir: Path, output_dir: Path, *, participant_label=None, sessi
                     tuple(covariates or ()), reference_group, predictor, bool(robust), harmonize,
                     n_permutations, DEFAULT_PERMUTATION_SEED if seed is None else seed, bool(voxelwise),
                     exclude, log)
-    except GroupError as exc:
+    except NmbidsError as exc:
         log.error("%s", exc)
         return exc.code
     except OSError as exc:
@@ -65,16 +65,16 @@ def _run(bids_dir, output_dir, participant_label, session_label, group_column, c
          predictor, robust, harmonize, n_permutations, seed, voxelwise, exclude, log) -> int:
     t0 = time.perf_counter()
     if not output_dir.is_dir():
-        raise GroupError(f"OUTPUT_DIR {output_dir} does not exist (run the participant level first)", EXIT_NOINPUT)
+        raise NmbidsError(f"OUTPUT_DIR {output_dir} does not exist (run the participant level first)", EXIT_NO_INPUT)
     if not bids_dir.is_dir():
-        raise GroupError(f"BIDS_DIR {bids_dir} does not exist", EXIT_NOINPUT)
+        raise NmbidsError(f"BIDS_DIR {bids_dir} does not exist", EXIT_NO_INPUT)
     try:
         n_permutations = int(n_permutations)
         seed = int(seed)
     except (TypeError, ValueError):
-        raise GroupError("--n-permutations and --random-seed must be integers", EXIT_USAGE) from None
+        raise NmbidsError("--n-permutations and --random-seed must be integers", EXIT_USAGE) from None
     if n_permutations < 1:
-        raise GroupError("--n-permutations must be at least 1", EXIT_USAGE)
+        raise NmbidsError("--n-permutations must be at least 1", EXIT_USAGE)
     group_dir = output_dir / "group"
 
     coll = collect(bids_dir, output_dir, participant_label, session_label, log,

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .errors import EXIT_DATAERR, EXIT_NOINPUT, EXIT_USAGE, GroupError
+from ..measures import hedges_g
+from ..contract.exits import EXIT_DATA, EXIT_NO_INPUT, EXIT_USAGE, NmbidsError
 
 STATS_COLUMNS = ["roi", "hemi", "measure", "term", "estimate", "se", "ci_low", "ci_high", "p", "p_fdr",
                  "effect_size", "n"]
@@ -107,24 +108,24 @@ def build_design(table: pd.DataFrame, participants_present: bool, group_column=N
     ``extra_categorical``: columns that must be complete (e.g. the harmonisation
     batch) without entering the model. ``participants_columns``: the columns of
     participants.tsv (default: every column of ``table``); named columns must be among them.
-    Raises :class:`GroupError` for unusable options or columns.
+    Raises :class:`NmbidsError` for unusable options or columns.
     """
     covariates = [c for c in (covariates or ()) if c]
     if group_column and predictor:
-        raise GroupError("give either a group column or a continuous --predictor, not both", EXIT_USAGE)
+        raise NmbidsError("give either a group column or a continuous --predictor, not both", EXIT_USAGE)
     named = [c for c in [group_column, predictor, *covariates, *extra_categorical] if c]
     if len(set(named)) != len(named):
-        raise GroupError(f"a column is named twice among group/predictor/covariates: {', '.join(named)}",
+        raise NmbidsError(f"a column is named twice among group/predictor/covariates: {', '.join(named)}",
                          EXIT_USAGE)
     if named and not participants_present:
-        raise GroupError(f"participants.tsv is missing from BIDS_DIR but column(s) {', '.join(named)} were named",
-                         EXIT_NOINPUT)
+        raise NmbidsError(f"participants.tsv is missing from BIDS_DIR but column(s) {', '.join(named)} were named",
+                         EXIT_NO_INPUT)
     available = [c for c in (participants_columns if participants_columns is not None else table.columns)
                  if c not in ("participant_id", "sessions")]
     lacking = [c for c in named if c not in available or c not in table.columns]
     if lacking:
-        raise GroupError(f"participants.tsv has no column {', '.join(repr(c) for c in lacking)}"
-                         f" (columns: {', '.join(available) or 'none'})", EXIT_DATAERR)
+        raise NmbidsError(f"participants.tsv has no column {', '.join(repr(c) for c in lacking)}"
+                         f" (columns: {', '.join(available) or 'none'})", EXIT_DATA)
     design = Design(group_column=group_column, predictor=predictor, covariates=list(covariates), robust=robust)
     frame = pd.DataFrame({"participant_id": table["participant_id"].to_numpy()})
     missing = pd.Series(False, index=table.index)
@@ -143,11 +144,11 @@ def build_design(table: pd.DataFrame, participants_present: bool, group_column=N
         values = table[group_column].astype(object).where(table[group_column].notna())
         levels = sorted({str(v) for v in values.dropna()})
         if reference_group is not None and str(reference_group) not in levels:
-            raise GroupError(f"reference group {reference_group!r} is not a level of '{group_column}' "
-                             f"(levels: {', '.join(levels)})", EXIT_DATAERR)
+            raise NmbidsError(f"reference group {reference_group!r} is not a level of '{group_column}' "
+                             f"(levels: {', '.join(levels)})", EXIT_DATA)
         if len(levels) < 2:
-            raise GroupError(f"column '{group_column}' needs at least two groups among the participants with "
-                             f"outputs; found {levels or 'none'}", EXIT_DATAERR)
+            raise NmbidsError(f"column '{group_column}' needs at least two groups among the participants with "
+                             f"outputs; found {levels or 'none'}", EXIT_DATA)
         ref = str(reference_group) if reference_group is not None else default_reference(levels)
         design.levels = [ref] + [lev for lev in levels if lev != ref]
         design.reference = ref
@@ -161,9 +162,9 @@ def build_design(table: pd.DataFrame, participants_present: bool, group_column=N
 
         num = numeric_or_none(table[predictor])
         if num is None:
-            raise GroupError(f"--predictor column '{predictor}' is not numeric", EXIT_DATAERR)
+            raise NmbidsError(f"--predictor column '{predictor}' is not numeric", EXIT_DATA)
         if num.dropna().nunique() < 2:
-            raise GroupError(f"--predictor column '{predictor}' is constant", EXIT_DATAERR)
+            raise NmbidsError(f"--predictor column '{predictor}' is constant", EXIT_DATA)
         frame["x_pred"] = num.to_numpy()
         design.terms.append(Term("x_pred", predictor, "predictor"))
     from .collect import numeric_or_none
@@ -188,26 +189,14 @@ def build_design(table: pd.DataFrame, participants_present: bool, group_column=N
     design.excluded = {pid: "; ".join(r) for pid, r in reasons.items()}
     design.frame = frame.loc[~missing.to_numpy()].reset_index(drop=True)
     if design.has_test and len(design.frame) < 3:
-        raise GroupError(f"only {len(design.frame)} participant(s) have complete values of "
-                         f"{', '.join(named)}; nothing to test", EXIT_DATAERR)
+        raise NmbidsError(f"only {len(design.frame)} participant(s) have complete values of "
+                         f"{', '.join(named)}; nothing to test", EXIT_DATA)
     if group_column:
         present = sorted(set(design.frame["_group"].astype(str)))
         if len(present) < 2:
-            raise GroupError(f"column '{group_column}' has fewer than two groups among participants with complete "
-                             f"data ({', '.join(present) or 'none'})", EXIT_DATAERR)
+            raise NmbidsError(f"column '{group_column}' has fewer than two groups among participants with complete "
+                             f"data ({', '.join(present) or 'none'})", EXIT_DATA)
     return design
-
-
-def _hedges_g(y: np.ndarray, member: np.ndarray, ref: np.ndarray, estimate: float) -> float:
-    y1, y0 = y[member], y[ref]
-    n1, n0 = len(y1), len(y0)
-    if n1 < 2 or n0 < 2:
-        return np.nan
-    pooled = np.sqrt(((n1 - 1) * np.var(y1, ddof=1) + (n0 - 1) * np.var(y0, ddof=1)) / (n1 + n0 - 2))
-    if not pooled > 0:
-        return np.nan
-    j = 1.0 - 3.0 / (4.0 * (n1 + n0) - 9.0)
-    return float(j * estimate / pooled)
 
 
 def fit_outcome(data: pd.DataFrame, y_col: str, design: Design) -> tuple[list[dict], str | None]:
@@ -251,7 +240,7 @@ def fit_outcome(data: pd.DataFrame, y_col: str, design: Design) -> tuple[list[di
         est = float(res.params[t.column])
         if t.kind == "group":
             member = (d[t.column] == 1).to_numpy()
-            es = _hedges_g(y, member, ref_mask, est)
+            es = hedges_g(y[member], y[ref_mask], difference=est)
         else:
             es = float(est * np.std(d[t.column].to_numpy(dtype=float), ddof=1) / sd_y)
         rows.append({"term": t.label, "estimate": est, "se": float(res.bse[t.column]),

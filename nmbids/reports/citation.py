@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..acquisitions import NM_N4_SPLINE_MM, TOP_VOLUME_MM3
+from ..contract import names
 from ..outputs import atomic_write_text
 
 # Reference texts, cited in the paragraphs below as {key}.
@@ -152,5 +153,5 @@ def methods_boilerplate(template_name: str, version: str) -> Boilerplate:
 
 def write_citation(output_dir: Path, template_name: str, version: str) -> Path:
     """Write ``OUTPUT_DIR/logs/CITATION.md`` (atomically) and return its path."""
-    path = Path(output_dir) / "logs" / "CITATION.md"
+    path = names.citation(output_dir)
     return atomic_write_text(path, methods_boilerplate(template_name, version).markdown())

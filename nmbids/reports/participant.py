@@ -19,10 +19,11 @@ from typing import Any, Callable
 import jinja2
 
 from .. import __version__
+from ..contract import names
 from ..outputs import atomic_write_text
 from . import warnings as qcw
 from .citation import methods_boilerplate, write_citation
-from .utils import (NA, FigureUnavailable, Label, Table, belongs_to_prefix, prefix_from_source, read_json,
+from .utils import (NA, FigureUnavailable, Label, Table, belongs_to_prefix, read_json,
                     read_tsv, safe_name)
 
 __all__ = ["generate_participant_report", "write_citation"]
@@ -120,12 +121,12 @@ def _rel(path: Path, root: Path) -> str:
 
 def _latest_run_dir(sub_dir: Path) -> tuple[Path | None, list[str]]:
     """The newest ``log/<run-id>`` (by name) that holds a summary.json, else the newest one."""
-    log_dir = sub_dir / "log"
+    log_dir = sub_dir / names.PARTICIPANT_LOG_DIR
     notes: list[str] = []
     runs = sorted((p for p in log_dir.iterdir() if p.is_dir()), key=lambda p: p.name) if log_dir.is_dir() else []
     if not runs:
         return None, notes
-    with_summary = [p for p in runs if (p / "summary.json").is_file()]
+    with_summary = [p for p in runs if (p / names.SUMMARY).is_file()]
     chosen = with_summary[-1] if with_summary else runs[-1]
     newer = [p.name for p in runs if p.name > chosen.name]
     if newer:
@@ -181,12 +182,12 @@ def _measures_marks(rec: dict[str, str]) -> set[str]:
 
 def _labels(output_dir: Path, space: str | None) -> tuple[dict, str | None]:
     """Atlas label table -> {index: Label}; a note when it is missing or unreadable."""
-    atlas = output_dir / "atlas"
-    candidates = [atlas / f"tpl-{space}_atlas-nmbids_dseg.tsv"] if space else []
-    candidates += sorted(atlas.glob("tpl-*_atlas-nmbids_dseg.tsv")) if atlas.is_dir() else []
+    atlas = output_dir / names.ATLAS_DIR
+    candidates = [names.atlas_paths(output_dir, space)[1]] if space else []
+    candidates += sorted(atlas.glob(names.atlas_paths(output_dir, "*")[1].name)) if atlas.is_dir() else []
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
-        return {}, (f"missing atlas/tpl-{space or '<space>'}_atlas-nmbids_dseg.tsv: "
+        return {}, (f"missing {_rel(names.atlas_paths(output_dir, space or '<space>')[1], output_dir)}: "
                     "labels are shown by number, reference regions are unknown")
     try:
         labels = {}
@@ -206,7 +207,7 @@ class _Builder:
         self.root = output_dir
         self.sub = f"sub-{label}"
         self.sub_dir = output_dir / self.sub
-        self.fig_dir = self.sub_dir / "figures"
+        self.fig_dir = names.figures_dir(self.root, self.sub_dir.name[len("sub-"):])
         self.notes: list[str] = []
         self.queue: list[tuple[Figure, Path, Callable[[Path], Any]]] = []
 
@@ -325,9 +326,9 @@ def _build(b: _Builder) -> dict[str, Any]:
     summary: dict[str, Any] | None = None
     if run_dir is None:
         b.notes.append(f"no run log folder in {b.sub}/log/: the report lists the derivatives found on disk")
-    elif (run_dir / "summary.json").is_file():
+    elif (run_dir / names.SUMMARY).is_file():
         try:
-            loaded = read_json(run_dir / "summary.json")
+            loaded = read_json(run_dir / names.SUMMARY)
             summary = loaded if isinstance(loaded, dict) else None
             if summary is None:
                 b.notes.append(f"{_rel(run_dir / 'summary.json', b.root)} is not a JSON object")
@@ -399,8 +400,8 @@ def _summary_view(summary: dict | None, run_dir: Path | None, root: Path) -> dic
 
 def _guess_space(sub_dir: Path) -> str | None:
     """The template space label from the file names on disk (when there is no summary)."""
-    candidates = sorted(sub_dir.glob("**/anat/*_space-*_desc-preproc_T1w.nii.gz"))
-    candidates += sorted((sub_dir.parent / "atlas").glob("tpl-*_atlas-nmbids_dseg.tsv"))
+    candidates = sorted(sub_dir.glob(f"**/{names.ANAT}/" + names.SessionFiles(Path(), "*", "*").t1w_template.name))
+    candidates += sorted((sub_dir.parent / names.ATLAS_DIR).glob(names.atlas_paths(Path(), "*")[1].name))
     for path in candidates:
         m = re.search(r"(?:_space-|^tpl-)([A-Za-z0-9]+)_", path.name)
         if m and m.group(1) != "T1w":
@@ -432,8 +433,8 @@ def _session(b: _Builder, info: dict[str, Any], space: str | None, tpl, labels) 
                        ignored=[{"path": _s(i.get("path")), "reason": _s(i.get("reason"))}
                                 for i in _list(info.get("ignored")) if isinstance(i, dict)])
 
-    measures_path = anat / f"{S}_desc-nm_measures.tsv"
-    qc_path = anat / f"{S}_desc-nm_qc.tsv"
+    files = names.SessionFiles(anat, S, space or "<space>")
+    measures_path, qc_path = files.measures, files.qc
     measures_rows: list[dict[str, str]] = []
     qc_rows: list[dict[str, str]] = []
     for path, attr, mark in ((measures_path, "measures", _measures_marks), (qc_path, "qc", _qc_marks)):
@@ -453,20 +454,20 @@ def _session(b: _Builder, info: dict[str, Any], space: str | None, tpl, labels) 
                   for r in qc_rows for flag in (r.get("flags") or NA).split(";") if flag.strip() not in ("", NA)]
 
     # T1w -> template
-    t1w = anat / f"{S}_desc-preproc_T1w.nii.gz"
+    t1w = files.t1w_preproc
     if space:
-        t1w_tpl = anat / f"{S}_space-{space}_desc-preproc_T1w.nii.gz"
+        t1w_tpl = files.t1w_template
         fig = b.figure(
             f"T1w → template ({space})",
             "The T1w warped to the template, zoomed on the brainstem (MNI box x −30..30, y −50..10, "
             "z −45..5 mm). Lines are the template's own tissue boundaries (iso-intensity contours of "
             "the template T1w): they should follow the warped T1w's brainstem, fourth ventricle, "
             "cisterns and cerebellar outline.",
-            f"{S}_space-{space}_T1w.svg", [t1w_tpl],
+            names.derivative_name(S, "T1w", ".svg", space=space), [t1w_tpl],
             lambda out: _figures().t1w_to_template(t1w_tpl, tpl.t1w if tpl else None, out))
     else:
         fig = Figure("T1w → template", "", anchor=safe_name(f"{S}_T1w"),
-                     missing=[f"{_rel(anat, b.root)}/{S}_space-<space>_desc-preproc_T1w.nii.gz"])
+                     missing=[_rel(files.t1w_template, b.root)])
     view.template_figure = fig
     if space and tpl is not None:
         flick = b.figure(
@@ -474,7 +475,7 @@ def _session(b: _Builder, info: dict[str, Any], space: str | None, tpl, labels) 
             "The template T1w and the T1w warped to it, alternating every second (hover to hold the "
             "warped T1w): after a good registration the brainstem, fourth ventricle and cerebellum stay "
             "still while only the contrast changes.",
-            f"{S}_space-{space}_desc-flicker_T1w.svg", [t1w_tpl],
+            names.derivative_name(S, "T1w", ".svg", space=space, desc="flicker"), [t1w_tpl],
             lambda out: _figures().t1w_template_flicker(t1w_tpl, tpl.t1w, out))
         flick.flicker = True
         view.template_flicker = flick
@@ -491,18 +492,19 @@ def _sources(info: dict, anat: Path, measures_rows, qc_rows) -> list[dict[str, A
         for nm in _list(info.get("nm")):
             if isinstance(nm, dict):
                 nm = dict(nm)
-                nm["prefix"] = _s(nm.get("prefix"), "") or prefix_from_source(_s(nm.get("source"), ""))
+                nm["prefix"] = _s(nm.get("prefix"), "") or names.prefix_of_source(_s(nm.get("source"), ""))
                 out.append(nm)
         return out
     found: dict[str, dict[str, Any]] = {}
     if anat.is_dir():
-        for path in sorted(anat.glob("*_desc-preproc_NM.nii.gz")):
+        tail = names.NMFiles(anat, "", "").nm_preproc.name  # "_desc-preproc_NM.nii.gz"
+        for path in sorted(anat.glob("*" + tail)):
             if "_space-" not in path.name:
-                prefix = path.name[: -len("_desc-preproc_NM.nii.gz")]
+                prefix = path.name[: -len(tail)]
                 found.setdefault(prefix, {"prefix": prefix, "source": prefix})
     for row in qc_rows + measures_rows:
         source = row.get("source", NA)
-        prefix = prefix_from_source(source)
+        prefix = names.prefix_of_source(source)
         if prefix:
             entry = found.setdefault(prefix, {"prefix": prefix, "source": source})
             if entry["source"] == prefix:
@@ -513,7 +515,7 @@ def _sources(info: dict, anat: Path, measures_rows, qc_rows) -> list[dict[str, A
 
 
 def _rows_for(rows: list[dict[str, str]], source: str, prefix: str) -> list[dict[str, str]]:
-    return [r for r in rows if r.get("source") == source or prefix_from_source(r.get("source", "")) == prefix]
+    return [r for r in rows if r.get("source") == source or names.prefix_of_source(r.get("source", "")) == prefix]
 
 
 def _source(b: _Builder, S: str, anat: Path, t1w: Path, info: dict, space: str | None, tpl, labels,
@@ -547,49 +549,48 @@ def _source(b: _Builder, S: str, anat: Path, t1w: Path, info: dict, space: str |
                             "See Errors below.")
         return view
 
-    nm = anat / f"{P}_desc-preproc_NM.nii.gz"
-    nm_t1w = anat / f"{P}_space-T1w_desc-preproc_NM.nii.gz"
-    dseg = anat / f"{P}_desc-rois_dseg.nii.gz"
+    nmf = names.NMFiles(anat, P, space or "<space>")
+    nm, nm_t1w, dseg = nmf.nm_preproc, nmf.nm_t1w, nmf.dseg
     fm = _figures()
     view.figures.append(b.figure(
         "Slab coverage",
         "Outline of the NM slab (where the NM image resampled into T1w space holds signal) on the "
         "T1w, three planes through the slab centre. The coverage of each ROI, as written by the "
         "pipeline, is in the table below.",
-        f"{P}_desc-coverage_NM.svg", [t1w, nm_t1w], lambda out: fm.slab_coverage(t1w, nm_t1w, out)))
+        names.figure(P, "coverage", "NM"), [t1w, nm_t1w], lambda out: fm.slab_coverage(t1w, nm_t1w, out)))
     view.figures.append(b.figure(
         "NM → T1w registration",
         "The NM image resampled into T1w space (grey), zoomed on the slab, with the CSF/tissue "
         "boundary of the T1w (cyan iso-intensity contour). It should run along the borders of the "
         "midbrain, pons, fourth ventricle and aqueduct seen in the NM image; a line shifted or "
         "rotated against the NM anatomy means misregistration.",
-        f"{P}_desc-nm2t1w_NM.svg", [t1w, nm_t1w], lambda out: fm.nm_to_t1w(t1w, nm_t1w, out)))
+        names.figure(P, "nm2t1w", "NM"), [t1w, nm_t1w], lambda out: fm.nm_to_t1w(t1w, nm_t1w, out)))
     view.figures.append(b.figure(
         "ROIs and reference regions (native NM space)",
         "The NM image as acquired (no resampling; axes flipped to the closest RAS orientation), "
         "zoomed on the labelled region: top row as is, bottom row with the atlas ROIs pulled into "
         "NM space (solid: target nuclei; dashed: reference regions). The bright nuclei should sit "
         "inside the solid outlines.",
-        f"{P}_desc-rois_NM.svg", [nm, dseg], lambda out: fm.rois_native(nm, dseg, labels, out)))
+        names.figure(P, "rois", "NM"), [nm, dseg], lambda out: fm.rois_native(nm, dseg, labels, out)))
 
-    crmaps = [anat / f"{P}_space-{space}_crmap.nii.gz"] if space else []
+    crmaps = [nmf.crmap] if space else []
     crmaps = [p for p in crmaps if p.is_file()] or sorted(
-        p for p in anat.glob(f"{P}_space-*_crmap.nii.gz") if belongs_to_prefix(p.name, P)) or crmaps
+        p for p in anat.glob(names.NMFiles(anat, P, "*").crmap.name) if belongs_to_prefix(p.name, P)) or crmaps
     if crmaps:
         crmap = crmaps[0]
-        bg = Path(tpl.t1w) if tpl is not None else anat / f"{S}_space-{space}_desc-preproc_T1w.nii.gz"
+        bg = Path(tpl.t1w) if tpl is not None else names.SessionFiles(anat, S, space).t1w_template
         view.figures.append(b.figure(
             "Contrast-ratio map (template space)",
             f"The voxelwise CR map on the template T1w, zoomed on the brainstem; colours span "
             f"{fm.CR_DISPLAY[0]} to {fm.CR_DISPLAY[1]} (values beyond are clipped); the white line "
             "outlines where the map is defined (the slab).",
-            f"{P}_space-{space or 'template'}_desc-crmap_NM.svg", [crmap, bg],
+            names.derivative_name(P, "NM", ".svg", space=space or "template", desc="crmap"), [crmap, bg],
             # bound now: ``bg`` is reused below and the figure is drawn later
             lambda out, g=bg, c=crmap: fm.template_map(g, c, out, "contrast ratio (unitless)", "inferno",
                                                         fm.CR_DISPLAY, name="CR map")))
     else:
         view.figures.append(Figure("Contrast-ratio map (template space)", "", anchor=safe_name(f"{P}_crmap"),
-                                   missing=[f"{_rel(anat, b.root)}/{P}_space-{space or '<space>'}_crmap.nii.gz"]))
+                                   missing=[_rel(nmf.crmap, b.root)]))
 
     ref_rows = [r for r in rows if r.get("measure") == "reference_value"]
     targets: dict[str, list[str]] = {}
@@ -607,41 +608,42 @@ def _source(b: _Builder, S: str, anat: Path, t1w: Path, info: dict, space: str |
         "intensities of the target nuclei measured against it outlined. The vertical line is the "
         "reference value written in the measures table (measure reference_value) with its statistic; "
         "it should sit at the peak (mode) or centre (median, mean) of the filled histogram.",
-        f"{P}_desc-refhist_NM.svg", [nm, dseg],
+        names.figure(P, "refhist", "NM"), [nm, dseg],
         lambda out: fm.reference_histogram(nm, dseg, labels, ref_rows, targets, out), light=True)
     if not labels:
         fig.note = "no atlas label table: reference regions cannot be identified in the label image"
     view.figures.append(fig)
 
     # acquisition-specific
+    # the slice-wise LC methods (the default chooses voxels by their neighbours; the old one by
+    # their own brightness)
     lc_rows = [r for r in rows if r.get("roi", "").startswith("LC_") and r.get("measure") == "cr"
-               and r.get("method") == "max_per_slice"]
-    profile = anat / f"{P}_desc-lcprofile_timeseries.tsv"
-    if lc_rows or profile.is_file() or acq.upper() == "FSE":
-        if lc_rows or profile.is_file():
+               and r.get("method") in ("neighbour_max_per_slice", "max_per_slice")]
+    if lc_rows or acq.upper() == "FSE":
+        if lc_rows:
             view.specific.append(b.figure(
                 "LC slice profile",
-                "LC contrast (maximum-intensity CR per slice) along the nucleus, from the measures table "
-                "rows roi LC_rostral/LC_middle/LC_caudal, measure cr, method max_per_slice"
-                + (", and the per-slice profile file" if profile.is_file() else "") + ". Values are as written.",
-                f"{P}_desc-lcprofile_NM.svg", [],
-                lambda out: fm.lc_profile(lc_rows, profile if profile.is_file() else None, out), light=True))
+                "LC contrast (slice-wise CR) along the nucleus, from the measures table rows roi "
+                f"LC_rostral/LC_middle/LC_caudal, measure cr, method {lc_rows[0].get('method')}. "
+                "Values are as written.",
+                names.figure(P, "lcprofile", "NM"), [],
+                lambda out: fm.lc_profile(lc_rows, None, out), light=True))
         else:
             view.specific.append(Figure("LC slice profile", "", anchor=safe_name(f"{P}_lcprofile"),
-                                        missing=["measures rows roi LC_*, measure cr, method max_per_slice",
-                                                 _rel(profile, b.root)]))
-    motion_tsv = anat / f"{P}_desc-motion_timeseries.tsv"
+                                        missing=["measures rows roi LC_*, measure cr, method "
+                                                 "neighbour_max_per_slice"]))
+    motion_tsv = nmf.motion
     if motion_tsv.is_file():
         view.specific.append(b.figure(
             "Motion between repeats",
             f"Per-repeat motion relative to the first repeat, as written in {motion_tsv.name}.",
-            f"{P}_desc-motion_NM.svg", [motion_tsv],
+            names.figure(P, "motion", "NM"), [motion_tsv],
             lambda out: fm.motion(motion_tsv, out, qcw.MOTION_MAX_MM), light=True))
     elif _s(view.n_repeats) not in (NA, "0", "1", ""):
         view.specific.append(Figure("Motion between repeats", "", anchor=safe_name(f"{P}_motion"),
                                     missing=[_rel(motion_tsv, b.root)]))
     for path in sorted(anat.glob(f"{P}_*map.nii.gz")):
-        if path.name.endswith("_crmap.nii.gz") or not belongs_to_prefix(path.name[: -len(".nii.gz")], P):
+        if path.name.endswith(f"_{names.CRMAP_SUFFIX}.nii.gz") or not belongs_to_prefix(path.name[: -len(".nii.gz")], P):
             continue
         stem = path.name[: -len(".nii.gz")]
         m = re.search(r"_space-([A-Za-z0-9]+)_", path.name)
@@ -649,7 +651,7 @@ def _source(b: _Builder, S: str, anat: Path, t1w: Path, info: dict, space: str |
         suffix = stem.rsplit("_", 1)[-1]  # "map", "MTRmap", ...
         title = f"{what.group(1) if what else (suffix[:-3] or suffix)} map"
         if m and m.group(1) not in ("T1w",):
-            bg = Path(tpl.t1w) if tpl is not None else anat / f"{S}_space-{m.group(1)}_desc-preproc_T1w.nii.gz"
+            bg = Path(tpl.t1w) if tpl is not None else names.SessionFiles(anat, S, m.group(1)).t1w_template
             draw = (lambda out, p=path, g=bg, t=title: fm.template_map(g, p, out, t, "viridis", name=t))
             inputs = [path, bg]
         else:
@@ -661,7 +663,7 @@ def _source(b: _Builder, S: str, anat: Path, t1w: Path, info: dict, space: str |
             "is defined).", f"{stem}.svg", inputs, draw))
     if acq.upper() == "MTR" and not any(f.title.lower().startswith(("mtr", "mt")) for f in view.specific):
         view.specific.append(Figure("MTR map", "", anchor=safe_name(f"{P}_mtr"),
-                                    missing=[f"{_rel(anat, b.root)}/{P}_[space-<space>_]desc-MTR_map.nii.gz"]))
+                                    missing=[_rel(nmf.mtrmap, b.root)]))
     if not view.specific:
         view.specific_note = f"nothing specific to {acq} acquisitions to show"
     return view

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..contract.names import PREFIX_ENTITIES
+
 NA = "n/a"
 
 
@@ -70,22 +72,8 @@ def safe_name(text: str) -> str:
     return _SAFE.sub("", str(text).replace("/", "-")) or "x"
 
 
-_ENTITY_ORDER = ("sub", "ses", "acq", "rec", "run")
-
-
-def prefix_from_source(source: str) -> str:
-    """The derivative prefix P (sub, ses, acq, rec, run entities) of a BIDS source path."""
-    name = Path(str(source)).name
-    for ext in (".nii.gz", ".nii", ".json"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-            break
-    entities = {}
-    for token in name.split("_"):
-        key, sep, value = token.partition("-")
-        if sep and key in _ENTITY_ORDER and key not in entities:
-            entities[key] = value
-    return "_".join(f"{k}-{entities[k]}" for k in _ENTITY_ORDER if k in entities)
+# entities that may follow a prefix only in another source's derivatives
+_PREFIX_KEYS = {short for _, short in PREFIX_ENTITIES} | {"run"}
 
 
 def belongs_to_prefix(filename: str, prefix: str) -> bool:
@@ -97,4 +85,4 @@ def belongs_to_prefix(filename: str, prefix: str) -> bool:
     if not filename.startswith(prefix + "_"):
         return False
     rest = filename[len(prefix) + 1:]
-    return not any(tok.split("-", 1)[0] in _ENTITY_ORDER and "-" in tok for tok in rest.split("_"))
+    return not any(tok.split("-", 1)[0] in _PREFIX_KEYS and "-" in tok for tok in rest.split("_"))

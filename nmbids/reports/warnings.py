@@ -1,79 +1,15 @@
-"""QC warning thresholds: the one place where they are defined.
-
-The report (and the group report) compare numbers *as written* in the QC and
-measures tables against these thresholds; nothing here recomputes a measure.
-docs/reports.md lists the same thresholds with their reasons; change both
-together.
-"""
+"""QC warnings of the reports: values *as written* in the QC and measures tables against
+the thresholds of :mod:`nmbids.contract.thresholds`; nothing here recomputes a measure."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
 from ..acquisitions import PROFILES
+from ..contract.thresholds import (COVERAGE_MIN, CR_MAX, CR_MEASURES, CR_MIN, MOTION_MAX_MM,  # noqa: F401
+                                   NM2T1W_SIMILARITY_MIN, SNR_MIN, T1W2TEMPLATE_SIMILARITY_MIN, THRESHOLDS)
 
 NA = "n/a"
-
-#: Fraction of an ROI (atlas weight) inside the NM slab below which its measures are
-#: unreliable (partial coverage biases CR toward whatever part of the nucleus was imaged).
-COVERAGE_MIN = 0.5
-#: Largest displacement between repeats (QC motion_max_mm), in mm. Above about one
-#: and a half voxels of a typical 1.5-3 mm NM slice, averaging repeats blurs the nuclei.
-MOTION_MAX_MM = 1.5
-#: SNR of the measured NM image (QC snr, unitless; quantify.qc_snr) below which the CR
-#: estimates drift: on the SNR sweep (docs/validation_snr.md) LC CR read 0.70-0.76 of the
-#: truth at image SNR 12.6-14 (0.83-0.88 above 20) and FSE SN 0.49-0.76 at 7-13.
-SNR_MIN = 15.0
-#: NM -> T1w registration similarity (QC nm2t1w_similarity), below which the slab is
-#: probably misregistered. Provisional: set for a correlation-type metric in [-1, 1]
-#: computed inside the slab; recalibrate on phantom runs when the metric is fixed.
-NM2T1W_SIMILARITY_MIN = 0.3
-#: T1w -> template similarity (QC t1w2template_similarity, |Pearson r| in the brainstem box)
-#: below which the registration has probably failed: on phantom heads successful runs gave
-#: 0.69-0.89 and failed ones (a head pitched by 45 degrees) 0.01-0.07.
-T1W2TEMPLATE_SIMILARITY_MIN = 0.5
-#: Plausible range of contrast ratios (unitless). Typical SN CR on GRE-MT is 0.1-0.3,
-#: FSE lower, LC 0.1-0.2; values outside this range usually mean a wrong reference
-#: region, a misplaced ROI or an artefact.
-CR_MIN, CR_MAX = -0.1, 0.6
-#: Measures (measure column) that are contrast ratios and get the range check.
-CR_MEASURES = ("cr", "cr_roimean", "cr_threshold")
-
-
-@dataclass(frozen=True)
-class Threshold:
-    """One documented QC threshold, for display."""
-
-    key: str
-    applies_to: str
-    rule: str
-    reason: str
-
-
-THRESHOLDS: tuple[Threshold, ...] = (
-    Threshold("coverage", "QC coverage_<ROI> columns; measures rows measure == coverage",
-              f"warn when < {COVERAGE_MIN}",
-              "less than half of the ROI lies inside the NM slab; its measures are biased or n/a"),
-    Threshold("motion_max_mm", "QC motion_max_mm (between repeats)",
-              f"warn when > {MOTION_MAX_MM} mm",
-              "repeats moved more than about a voxel; the averaged image is blurred"),
-    Threshold("snr", "QC snr", f"warn when < {SNR_MIN:g}",
-              "below it the phantom validation's CR estimates read low by more than 20 % "
-              "(LC, FSE): average more repeats"),
-    Threshold("unreliable", "measures rows measure cr* of a ROI its acquisition profile marks",
-              "warn on every value",
-              "the validation shows the value does not track the truth well (VTA)"),
-    Threshold("nm2t1w_similarity", "QC nm2t1w_similarity",
-              f"warn when < {NM2T1W_SIMILARITY_MIN}",
-              "the NM slab is probably misregistered to the T1w; ROIs may be misplaced "
-              "(provisional value, see docs/reports.md)"),
-    Threshold("t1w2template_similarity", "QC t1w2template_similarity",
-              f"warn when < {T1W2TEMPLATE_SIMILARITY_MIN}",
-              "the T1w → template registration probably failed; every ROI is misplaced"),
-    Threshold("cr", "measures rows measure in " + ", ".join(CR_MEASURES),
-              f"warn when outside {CR_MIN} .. {CR_MAX}",
-              "implausible contrast ratio: wrong reference region, misplaced ROI or artefact"),
-)
 
 
 @dataclass(frozen=True)

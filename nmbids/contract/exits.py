@@ -1,4 +1,8 @@
-"""Exit codes (BIDS execution-spec draft) and the one error type users see."""
+"""Exit codes (BIDS execution-spec draft, sysexits.h values) and the one error type users see.
+
+The one definition of every exit code of both analysis levels: the participant level, the
+group level, ``--help``'s epilog (``EXIT_MEANINGS``) and docs/usage.md read them from here.
+"""
 from __future__ import annotations
 
 EXIT_OK = 0
@@ -38,7 +42,7 @@ class NmbidsError(Exception):
     reads always says which participant and which file.
     """
 
-    def __init__(self, problem: str, *, code: int = EXIT_DATA, participant: str | None = None,
+    def __init__(self, problem: str, code: int = EXIT_DATA, *, participant: str | None = None,
                  path: str | None = None):
         self.problem, self.code, self.participant, self.path = problem, code, participant, path
         super().__init__(self.line())

@@ -1,0 +1,130 @@
+"""The two tables of the participant level, their columns and their data dictionaries.
+
+``*_desc-nm_measures.tsv`` (one row per region, hemisphere and measure) and
+``*_desc-nm_qc.tsv`` (one row per NM image) are what the group level reads; their columns and
+JSON dictionaries are defined here and nowhere else. The group level's own tables reuse these
+column descriptions (``group/outputs.py``).
+"""
+from __future__ import annotations
+
+from ..acquisitions import PROFILES, TOP_VOLUME_MM3
+from .thresholds import flag_rules
+
+MEASURE_COLUMNS = ["participant_id", "session_id", "source", "acq_type", "roi", "hemi", "measure",
+                   "value", "unit", "method", "space", "reference", "ref_stat"]
+MEASURE_REQUIRED = ["participant_id", "roi", "hemi", "measure", "value"]  # a table without them is unusable
+
+QC_COLUMNS = ["participant_id", "session_id", "source", "acq_type", "n_repeats", "motion_mean_mm",
+              "motion_max_mm", "snr", "nm2t1w_similarity", "t1w2template_similarity",
+              "coverage_SN", "coverage_VTA", "coverage_LC", "flags"]
+QC_REQUIRED = ["participant_id"]
+QC_NUMERIC = [c for c in QC_COLUMNS if c not in ("participant_id", "session_id", "source", "acq_type", "flags")]
+
+ACQ_TYPES = {"GREMT": "gradient echo with magnetization transfer", "FSE": "T1-weighted fast/turbo spin echo",
+             "MTR": "MT on/off pair"}
+
+# The QC table's ``snr`` column.
+SNR_DESCRIPTION = ("SNR of the NM image as measured (repeats averaged, bias-corrected): the reference "
+                   "value of the map's reference region (crus cerebri; pontine tegmentum for FSE) over "
+                   "the noise sd estimated in that region from each voxel's difference to the mean of its "
+                   "8 in-plane neighbours (1.4826 x MAD / sqrt(1 + 1/8)); the tissue's own spread does "
+                   "not count as noise")
+
+
+def measure_levels(ref_stat: str | None = None) -> dict[str, tuple[str, str]]:
+    """Every value of the ``measure`` column: (what it is, its unit)."""
+    ref = f"the {ref_stat}" if ref_stat else "the statistic of column ref_stat"
+    return {
+        "cr": ("contrast ratio with the profile's default method (see 'method'): (I - ref(R)) / ref(R)", "ratio"),
+        "cr_roimean": ("mean over all ROI voxels of (I - ref(R)) / ref(R)", "ratio"),
+        "cr_threshold": ("mean (I - ref(R)) / ref(R) over the ROI voxels with I > ref(R) + k*sd(R)", "ratio"),
+        "cr_top_volume": ("CR of the brightest ROI voxels (method top_volume, the SN and VTA default until "
+                          "voxels were chosen by their neighbours): it reads high at low SNR", "ratio"),
+        "cr_max_per_slice": ("slice-wise CR of the brightest voxels per slice (method max_per_slice; the "
+                             "LC default before): reads high at low SNR", "ratio"),
+        "cnr": ("(mean(I) - mean(R)) / sd(R), sd with ddof=1", "ratio"),
+        "volume_mm3": ("number of ROI voxels with I > ref(R) + k*sd(R), times the voxel volume", "mm3"),
+        "coverage": ("fraction of the template-space ROI inside the NM slab", "fraction"),
+        "reference_value": (f"ref(R): {ref} of the reference region intensities", "a.u."),
+        "mtr": ("mean of 100 * (off - on) / off over the ROI's tissue voxels (fluid, MTR < half the "
+                "reference regions' MTR, left out)", "percent"),
+        "mtr_threshold": ("mean of 100 * (off - on) / off over the NM-rich ROI voxels (I_on > ref(R) + k*sd(R))",
+                          "percent"),
+        "mt_enhancement": ("mean of on / off over the ROI's tissue voxels", "ratio"),
+    }
+
+
+def measures_dictionary(ref_stat: str | None = None) -> dict:
+    """The JSON data dictionary of the measures table: every column and every measure.
+
+    ``ref_stat``: the run's reference statistic (the participant level's table); None for a
+    table that mixes runs (the group level's)."""
+    sizes = ", ".join(f"{roi} {v:g}" for roi, v in TOP_VOLUME_MM3.items())
+    top_volume = f"make up a fixed volume per side ({sizes} mm3; twice that for bilateral)"
+    return {
+        "participant_id": {"Description": "participant label, with 'sub-'"},
+        "session_id": {"Description": "session label with 'ses-', or n/a when the dataset has no sessions"},
+        "source": {"Description": "the NM image measured, relative to the BIDS root"},
+        "acq_type": {"Description": "acquisition type", "Levels": dict(ACQ_TYPES)},
+        "roi": {"Description": "region", "Levels": {
+            "SN": "substantia nigra (search region; NM-rich voxels found from the data)",
+            "VTA": "ventral tegmental area; not yet reliable: " + " ".join(
+                f"{p.unreliable['VTA']}." for p in PROFILES.values() if "VTA" in p.unreliable),
+            "LC": "locus coeruleus",
+            "LC_rostral": "superior third of the LC slices", "LC_middle": "middle third",
+            "LC_caudal": "inferior third", "CC": "crus cerebri (reference for SN and VTA)",
+            "PT": "pontine tegmentum (reference for LC)"}},
+        "hemi": {"Description": "hemisphere", "Levels": {"L": "left", "R": "right",
+                                                        "bilateral": "left and right pooled voxelwise"}},
+        "measure": {"Description": "what was measured",
+                    "Levels": {k: what for k, (what, _) in measure_levels(ref_stat).items()}},
+        "value": {"Description": "the value; n/a when it cannot be measured honestly (ROI coverage "
+                                 "below 0.5, fewer than 5 voxels, no reference)"},
+        "unit": {"Description": "unit of value", "Levels": {"ratio": "unitless", "mm3": "cubic millimetres",
+                 "fraction": "0 to 1", "percent": "percent", "a.u.": "arbitrary image units"}},
+        "method": {"Description": "how the value was made", "Levels": {
+            "threshold": "mean CR of the voxels above ref(R) + k*sd(R) (k in the threshold_k<k> label)",
+            "top_volume": f"mean CR of the brightest ROI voxels that {top_volume}: the same volume in "
+                          "every subject",
+            "neighbour_top_volume": f"mean CR of the ROI voxels that {top_volume}, chosen by the mean of "
+                                    "their 8 in-plane neighbours (the voxel itself left out), so that the "
+                                    "choice does not see the noise of the values averaged",
+            "roi_mean": "mean over the whole ROI", "max_per_slice":
+            "per slice, the mean of the 3 brightest ROI voxels against the slice's reference; averaged",
+            "neighbour_max_per_slice": "per slice, the mean of the 3 ROI voxels with the brightest 8 in-plane "
+                                       "neighbours against the slice's reference; averaged over slices",
+            "template_roi_in_slab": "template ROI voxels covered by the slab / all ROI voxels",
+            "reference": "statistic of the reference region"}},
+        "space": {"Description": "where the value was measured", "Levels": {
+            "native": "on the NM image's own grid, with the template's regions pulled onto it",
+            "template": "on the NM image resampled to the output template, with the template's regions "
+                        "and reference regions (the acquisition profile's choice for the VTA); coverage "
+                        "is always measured there"}},
+        "reference": {"Description": "reference region of the value (CC, PT) or n/a"},
+        "ref_stat": {"Description": "statistic of the reference region: mode (Gaussian kernel density "
+                                    "estimate), median or mean"},
+    }
+
+
+def qc_dictionary() -> dict:
+    """The JSON data dictionary of the QC table."""
+    flags = ", ".join(f"{flag} ({rule})" for flag, rule in flag_rules().items())
+    return {
+        "participant_id": {"Description": "participant label, with 'sub-'"},
+        "session_id": {"Description": "session label with 'ses-', or n/a when the dataset has no sessions"},
+        "source": {"Description": "the NM image, relative to the BIDS root"},
+        "acq_type": {"Description": "acquisition type", "Levels": dict(ACQ_TYPES)},
+        "n_repeats": {"Description": "repeats realigned and averaged (runs or volumes)"},
+        "motion_mean_mm": {"Description": "mean displacement of the repeats after the first, relative to it",
+                           "Units": "mm"},
+        "motion_max_mm": {"Description": "largest displacement of any repeat relative to the first", "Units": "mm"},
+        "snr": {"Description": SNR_DESCRIPTION, "Units": "ratio"},
+        "nm2t1w_similarity": {"Description": "|Pearson r| between the NM slab and the T1w resampled onto it "
+                                             "after rigid registration, inside the slab"},
+        "t1w2template_similarity": {"Description": "|Pearson r| between the warped T1w and the template "
+                                                   "in the brainstem box"},
+        "coverage_SN": {"Description": "fraction of the template SN inside the slab", "Units": "fraction"},
+        "coverage_VTA": {"Description": "fraction of the template VTA inside the slab", "Units": "fraction"},
+        "coverage_LC": {"Description": "fraction of the template LC inside the slab", "Units": "fraction"},
+        "flags": {"Description": f"';'-separated QC warnings, n/a when none: {flags}"},
+    }
