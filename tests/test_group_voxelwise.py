@@ -1,6 +1,7 @@
 """Voxelwise permutation test: finds a set blob, not elsewhere; skips cleanly."""
 from __future__ import annotations
 
+import json
 import logging
 
 import nibabel as nb
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 
 from nmbids.group import run_group
-from nmbids.group.synthetic import ATLAS_ROWS, BLOB, SPACE, SimSpec, simulate
+from nmbids.group.synthetic import AFFINE, ATLAS_ROWS, BLOB, SPACE, SimSpec, simulate
 from nmbids.group.voxelwise import load_mask
 
 
@@ -89,3 +90,115 @@ def test_atlas_mask_is_targets_dilated_without_references(tmp_path):
     assert not mask[np.isin(labels, refs)].any()
     assert mask.sum() > np.isin(labels, targets).sum()  # dilated
     assert names[1] == "SN_L"
+
+
+# ---------------------------------------------------------------------------
+# maps named the way real datasets name their NM images: the group level reads each
+# map's acquisition type, source and space from its sidecar, never from its name
+# ---------------------------------------------------------------------------
+
+MIXED = ("single", "runs", "4d", "mt")  # cycled over participants: sub-001 single, sub-002 runs, ...
+
+
+def _json(path):
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def mixed_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mixed")
+    spec = SimSpec(n_per_group={"HC": 12, "SZ": 12}, crmaps=True, naming=MIXED, sessions=("1", "2"),
+                   blob_effect=0.12, map_noise=0.04, measures=("cr",), rois=("SN",), seed=5)
+    simulate(root / "bids", root / "out", spec)
+    out = root / "out"
+    # sub-005 (single image, HC): neither session's sidecar says what the map is
+    for ses in ("1", "2"):
+        side = out / "sub-005" / f"ses-{ses}" / "anat" / f"sub-005_ses-{ses}_acq-NM_space-{SPACE}_crmap.json"
+        meta = _json(side)
+        del meta["AcquisitionType"]
+        side.write_text(json.dumps(meta))
+    # sub-007 (4D): its first session's map names a source without measures: left out, ses-2 used
+    side = out / "sub-007" / "ses-1" / "anat" / f"sub-007_ses-1_acq-gre_space-{SPACE}_crmap.json"
+    meta = _json(side)
+    meta["Sources"] = ["bids:raw:sub-007/ses-1/anat/sub-007_ses-1_acq-other_NM.nii.gz"]
+    side.write_text(json.dumps(meta))
+    # sub-006 (run- repeats): its first session's source is excluded, so its second session's map is used
+    exclude = root / "exclude.tsv"
+    exclude.write_text("participant_id\tsession_id\tsource\treason\n"
+                       "sub-006\tses-1\tsub-006/ses-1/anat/sub-006_ses-1_acq-neuromelanin_run-1_NM.nii.gz\tslab\n")
+    rc = run_group(root / "bids", out, group_column="group", n_permutations=50, seed=0, exclude=exclude)
+    return rc, out / "group"
+
+
+def test_mixed_naming_every_map_in_its_acquisition_type(mixed_run):
+    rc, g = mixed_run
+    assert rc == 0
+    assert not list(g.glob("voxelwise_unknown*"))
+    gre = _json(g / "voxelwise_GREMT_SZvsHC_tstat.json")
+    mtr = _json(g / "voxelwise_MTR_SZvsHC_tstat.json")
+    # single, run- repeats and 4D images are GRE-MT (9 per group, sub-005 left out); MT pairs are MTR
+    assert gre["N"] == 17 and mtr["N"] == 6
+    used = set(gre["Sources"]) | set(mtr["Sources"])
+    for pid, ses, prefix in [("sub-002", "1", "acq-neuromelanin"), ("sub-003", "1", "acq-gre"),
+                             ("sub-004", "1", "acq-MTR"), ("sub-001", "1", "acq-NM"),
+                             ("sub-006", "2", "acq-neuromelanin"), ("sub-007", "2", "acq-gre")]:
+        assert f"bids::{pid}/ses-{ses}/anat/{pid}_ses-{ses}_{prefix}_space-{SPACE}_crmap.nii.gz" in used
+    assert not any("sub-005" in s for s in used)
+    assert not any("sub-006/ses-1" in s for s in used) and not any("sub-007/ses-1" in s for s in used)
+
+
+def test_mixed_naming_in_voxelwise_says_so(mixed_run):
+    _, g = mixed_run
+    st = pd.read_csv(g / "group_participants.tsv", sep="\t", keep_default_na=False).set_index("participant_id")
+    assert st.loc["sub-005", "in_voxelwise"] == "no"
+    assert "AcquisitionType" in st.loc["sub-005", "reason"]
+    assert (st.drop(index="sub-005")["in_voxelwise"] == "yes").all(), st[st["in_voxelwise"] != "yes"]
+    assert "excluded" in st.loc["sub-006", "reason"]
+    assert "sub-007_ses-1_acq-gre_space-SYN_crmap.nii.gz: its source" in st.loc["sub-007", "reason"]
+    assert "has no measures" in st.loc["sub-007", "reason"]
+
+
+# ---------------------------------------------------------------------------
+# cluster-level FWE (the cluster results of non_parametric_inference)
+# ---------------------------------------------------------------------------
+
+def test_cluster_level_table_finds_the_planted_cluster(blob_run):
+    _, g = blob_run
+    cl = pd.read_csv(g / "voxelwise_SZvsHC_clusterlevel.tsv", sep="\t", keep_default_na=False)
+    assert list(cl.columns) == ["cluster_id", "n_voxels", "size_mm3", "peak_t", "x", "y", "z", "region",
+                                "p_fwe_size", "p_fwe_mass", "peak_p_fwe"]
+    doc = _json(g / "voxelwise_SZvsHC_clusterlevel.json")
+    assert set(cl.columns) <= set(doc) and doc["ClusterFormingThreshold"]["p"] == 0.001
+    hit = cl[(cl["region"] == "SN_L") & (cl["p_fwe_size"] < 0.05)]
+    assert len(hit) == 1 and hit["peak_t"].iat[0] > 0
+    assert hit["n_voxels"].iat[0] >= np.prod([s.stop - s.start for s in BLOB]) // 2
+    assert hit["size_mm3"].iat[0] == hit["n_voxels"].iat[0] * 8.0  # 2 mm voxels
+    # the peak is in the blob
+    ijk = np.rint(np.linalg.inv(AFFINE) @ [*hit[["x", "y", "z"]].iloc[0].astype(float), 1.0])[:3].astype(int)
+    assert all(s.start <= v < s.stop for v, s in zip(ijk, BLOB))
+    # no significant cluster anywhere else (SN_R is a null region)
+    assert not ((cl["region"] != "SN_L") & (cl["p_fwe_size"] < 0.05)).any()
+    # the clusters are nilearn's: every voxel with |t| above the recorded cluster-forming t, no other
+    t = nb.load(str(g / "voxelwise_SZvsHC_tstat.nii.gz")).get_fdata()
+    assert cl["n_voxels"].sum() == (np.abs(t) > doc["ClusterFormingThreshold"]["t"]).sum()
+
+
+def test_cluster_level_maps_and_sidecars(blob_run):
+    _, g = blob_run
+    size = nb.load(str(g / "voxelwise_SZvsHC_logp_clustersize_fwe.nii.gz")).get_fdata()
+    mass = nb.load(str(g / "voxelwise_SZvsHC_logp_clustermass_fwe.nii.gz")).get_fdata()
+    atlas = nb.load(str(next((g.parent / "atlas").glob("*_dseg.nii.gz")))).get_fdata()
+    blob = np.zeros(size.shape, dtype=bool)
+    blob[BLOB] = True
+    for lp in (size, mass):
+        assert (lp[blob] > -np.log10(0.05)).mean() > 0.5
+        assert not (lp[atlas == 2] > -np.log10(0.05)).any()  # SN_R: null
+    for kind in ("clustersize", "clustermass"):
+        meta = _json(g / f"voxelwise_SZvsHC_logp_{kind}_fwe.json")
+        thr = meta["ClusterFormingThreshold"]
+        assert thr["p"] == 0.001 and thr["t"] > 3 and thr["TwoSided"] is True
+        assert meta["NumberOfPermutations"] == 200 and meta["Connectivity"] == 6
+        assert ("size" if kind == "clustersize" else "mass") in meta["Statistic"]
+    report = (g / "group_report.html").read_text()
+    assert "voxelwise_SZvsHC_clusterlevel.tsv" in report
+    assert "voxelwise_SZvsHC_logp_clustersize_fwe.nii.gz" in report

@@ -188,8 +188,8 @@ PARTICIPANTS_COLUMNS_DOC = {
     "has_measures": {"Description": "yes when at least one readable measures table with a finite value was found."},
     "in_stats": {"Description": "yes when the participant entered the ROI models (group_stats.tsv); "
                                 "n/a when no model was fitted."},
-    "in_voxelwise": {"Description": "yes when the participant's contrast-ratio map entered the voxelwise test; "
-                                    "n/a when it was not run."},
+    "in_voxelwise": {"Description": "yes when the participant's contrast-ratio map entered a voxelwise test "
+                                    "that was run; n/a when no voxelwise test was run."},
     "reason": {"Description": "Why the participant (or part of its data) was left out, n/a when nothing was."},
 }
 
@@ -211,6 +211,26 @@ CLUSTER_COLUMNS_DOC = {
     "peak_t": {"Description": "t statistic at the peak (sign gives the direction of the contrast)."},
     "cluster_size_mm3": {"Description": "Volume of the cluster of FWE-significant voxels.", "Units": "mm3"},
     "region": {"Description": "nmbids atlas region at the peak (n/a outside the atlas)."},
+}
+
+CLUSTERLEVEL_COLUMNS_DOC = {
+    "cluster_id": {"Description": "Cluster number, 1 = smallest cluster-size FWE p (ties: the larger cluster)."},
+    "n_voxels": {"Description": "Number of voxels of the cluster: 6-connected voxels of the tested mask whose "
+                                "two-sided p is below the cluster-forming threshold (ClusterFormingThreshold), "
+                                "positive and negative t apart."},
+    "size_mm3": {"Description": "Volume of the cluster.", "Units": "mm3"},
+    "peak_t": {"Description": "Largest |t| of the cluster, with its sign (the direction of the contrast)."},
+    "x": {"Description": "x coordinate of the peak (template space).", "Units": "mm"},
+    "y": {"Description": "y coordinate of the peak (template space).", "Units": "mm"},
+    "z": {"Description": "z coordinate of the peak (template space).", "Units": "mm"},
+    "region": {"Description": "nmbids atlas region at the peak (n/a in the dilation rim of the mask)."},
+    "p_fwe_size": {"Description": "Cluster-level FWE-corrected p of the cluster's size: the fraction of the "
+                                  "permutations whose largest cluster is at least as large (nilearn "
+                                  "non_parametric_inference, logp_max_size)."},
+    "p_fwe_mass": {"Description": "Cluster-level FWE-corrected p of the cluster's mass (sum of |t| minus the "
+                                  "cluster-forming t over its voxels; nilearn logp_max_mass)."},
+    "peak_p_fwe": {"Description": "Voxel-level FWE-corrected p at the peak (maximum |t| over the mask; "
+                                  "the voxelwise_<contrast>_logp_fwe map)."},
 }
 
 

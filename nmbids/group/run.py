@@ -204,7 +204,9 @@ def participants_status(coll: Collection, design, vox) -> pd.DataFrame:
         elif design.has_test and pid in design.excluded:
             reasons.append(f"not in the models: {design.excluded[pid]}")
         if vox is not None and pid in vox.reasons and pid not in coll.excluded:
-            reasons.append(f"not voxelwise: {vox.reasons[pid]}")
+            # a participant in a test may still have had a map left out (another session, another type)
+            what = "voxelwise, a map left out" if vox.included.get(pid) else "not voxelwise"
+            reasons.append(f"{what}: {vox.reasons[pid]}")
         reasons += [n for n in coll.notes.get(pid, []) if n not in reasons and pid not in coll.excluded]
         ses = [s for s in coll.sessions[pid] if s != NA]
         has = pid not in coll.excluded

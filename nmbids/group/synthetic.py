@@ -2,9 +2,16 @@
 
 Writes what the participant level would (``docs/outputs.md``): measures and QC
 tables per session, ``participants.tsv`` in a BIDS folder and, optionally, a
-small template-space atlas and contrast-ratio maps. Effects are set in units
-of the between-participant SD of each outcome, so tests can check that they
-are recovered.
+small template-space atlas and contrast-ratio maps with the JSON sidecars the
+participant level writes (``AcquisitionType``, ``Sources``, ``SpatialReference``,
+...). Effects are set in units of the between-participant SD of each outcome, so
+tests can check that they are recovered.
+
+``SimSpec.naming`` names the NM sources the way real datasets do (cycled over the
+participants): ``single`` (``sub-X_acq-NM_T1w``), ``runs`` (``run-1``/``run-2``
+repeats: the source is ``run-1``, the derivatives drop ``run-``), ``4d`` (one 4D
+file of repeats) and ``mt`` (an MT-on/MT-off pair without ``acq-``: derivatives
+named ``acq-MTR``, acquisition type MTR).
 """
 from __future__ import annotations
 
@@ -14,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..acquisitions import GREMT, PROFILES
+from ..acquisitions import GREMT, MTR, PROFILES
+from ..outputs import bids_uri
 from .collect import MEASURE_COLUMNS, QC_COLUMNS
-from .outputs import tsv_text
+from .outputs import tsv_text, write_json
 
 # mean and between-participant SD of each measure
 MEASURE_MOMENTS = {
@@ -50,6 +58,31 @@ class SimSpec:
     crmaps: bool = False
     blob_effect: float = 0.0  # CR units added inside the blob for non-reference groups
     map_noise: float = 0.04
+    naming: tuple = ("single",)  # NM source naming styles, cycled over participants (NAMING)
+
+
+# naming style -> (name of the NM source after "sub-X[_ses-Y]_", its partner (MT-off) or None,
+# derivative prefix entities, acquisition type, repeats)
+NAMING = {
+    "single": ("acq-NM_T1w.nii.gz", None, "acq-NM", GREMT, 3),
+    "runs": ("acq-neuromelanin_run-1_NM.nii.gz", None, "acq-neuromelanin", GREMT, 2),
+    "4d": ("acq-gre_NM.nii.gz", None, "acq-gre", GREMT, 4),
+    "mt": ("mt-on_MTR.nii.gz", "mt-off_MTR.nii.gz", "acq-MTR", MTR, 1),
+}
+
+
+def nm_source(pid: str, ses: str | None, style: str) -> dict:
+    """The NM source of participant ``pid`` (session label ``ses`` or None) named in ``style``."""
+    name, partner, prefix, acq, repeats = NAMING[style]
+    folder = f"{pid}/{'ses-' + ses + '/' if ses else ''}anat/"
+    stem = pid + (f"_ses-{ses}" if ses else "")
+    sources = [f"{folder}{stem}_{name}"] + ([f"{folder}{stem}_{partner}"] if partner else [])
+    return {"source": sources[0], "sources": sources, "map_prefix": f"{stem}_{prefix}", "acq_type": acq,
+            "repeats": repeats}
+
+
+def _styles(spec: SimSpec, parts: pd.DataFrame) -> list[str]:
+    return [spec.naming[i % len(spec.naming)] for i in range(len(parts))]
 
 
 def _participants(spec: SimSpec, rng: np.random.Generator) -> pd.DataFrame:
@@ -68,9 +101,9 @@ def _participants(spec: SimSpec, rng: np.random.Generator) -> pd.DataFrame:
     return df
 
 
-def _space(roi: str, measure: str) -> str:
-    """Where a GRE-MT participant table measures ``roi`` (coverage: always the template)."""
-    return "template" if measure == "coverage" else PROFILES[GREMT].space_of(roi.split("_")[0])
+def _space(roi: str, measure: str, acq_type: str = GREMT) -> str:
+    """Where a participant table of ``acq_type`` measures ``roi`` (coverage: always the template)."""
+    return "template" if measure == "coverage" else PROFILES[acq_type].space_of(roi.split("_")[0])
 
 
 def make_measures(spec: SimSpec, parts: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
@@ -98,38 +131,39 @@ def make_measures(spec: SimSpec, parts: pd.DataFrame, rng: np.random.Generator) 
         vals = mu + sd * z
         ses_id = f"ses-{ses}" if ses else "n/a"
         pid = np.repeat(parts["participant_id"].to_numpy(), n_o)
-        src = [f"{p}/{ses_id + '/' if ses else ''}anat/{p}{'_' + ses_id if ses else ''}_acq-NM_T1w.nii.gz"
-               for p in parts["participant_id"]]
+        nms = [nm_source(p, ses, st) for p, st in zip(parts["participant_id"], _styles(spec, parts))]
+        acqs = [nm["acq_type"] for nm in nms]
         frames.append(pd.DataFrame({
             "participant_id": pid,
             "session_id": ses_id,
-            "source": np.repeat(src, n_o),
-            "acq_type": "GREMT",
+            "source": np.repeat([nm["source"] for nm in nms], n_o),
+            "acq_type": np.repeat(acqs, n_o),
             "roi": np.tile([o[0] for o in outcomes], n_p),
             "hemi": np.tile([o[1] for o in outcomes], n_p),
             "measure": np.tile([o[2] for o in outcomes], n_p),
             "value": vals.ravel(),
             "unit": np.tile([MEASURE_MOMENTS[o[2]][2] for o in outcomes], n_p),
             "method": np.tile([MEASURE_MOMENTS[o[2]][3] for o in outcomes], n_p),
-            "space": np.tile([_space(o[0], o[2]) for o in outcomes], n_p),
+            "space": np.concatenate([[_space(o[0], o[2], a) for o in outcomes] for a in acqs]),
             "reference": np.tile([REFERENCES.get(o[0], "n/a") for o in outcomes], n_p),
             "ref_stat": "mode",
         }))
     return pd.concat(frames, ignore_index=True)[MEASURE_COLUMNS]
 
 
-def make_qc(parts: pd.DataFrame, sessions, rng) -> pd.DataFrame:
+def make_qc(parts: pd.DataFrame, sessions, rng, naming: tuple = ("single",)) -> pd.DataFrame:
     rows = []
+    styles = [naming[i % len(naming)] for i in range(len(parts))]
     for ses in (sessions or [None]):
         n = len(parts)
         ses_id = f"ses-{ses}" if ses else "n/a"
+        nms = [nm_source(p, ses, st) for p, st in zip(parts["participant_id"], styles)]
         rows.append(pd.DataFrame({
             "participant_id": parts["participant_id"],
             "session_id": ses_id,
-            "source": [f"{p}/{ses_id + '/' if ses else ''}anat/{p}{'_' + ses_id if ses else ''}_acq-NM_T1w.nii.gz"
-                       for p in parts["participant_id"]],
-            "acq_type": "GREMT",
-            "n_repeats": 3,
+            "source": [nm["source"] for nm in nms],
+            "acq_type": [nm["acq_type"] for nm in nms],
+            "n_repeats": [nm["repeats"] for nm in nms],
             "motion_mean_mm": np.round(rng.gamma(2, 0.1, n), 3),
             "motion_max_mm": np.round(rng.gamma(2, 0.2, n), 3),
             "snr": np.round(rng.normal(20, 3, n), 2),
@@ -175,7 +209,17 @@ def write_atlas(output_dir: Path, space: str = SPACE):
     return data
 
 
-def write_crmap(path: Path, rng, effect: float, noise: float, atlas: np.ndarray, nan_outside: bool = True):
+def crmap_sidecar(nm: dict, space: str = SPACE) -> dict:
+    """The sidecar the participant level writes beside ``*_space-<space>_crmap.nii.gz``."""
+    profile = PROFILES[nm["acq_type"]]
+    return {"Sources": [bids_uri(s) for s in nm["sources"]], "AcquisitionType": nm["acq_type"],
+            "ClassificationEvidence": ["nmbids.group.synthetic"], "Repeats": nm["repeats"],
+            "SpatialReference": space, "Units": "ratio", "Formula": "(I - ref(R)) / ref(R)",
+            "ReferenceRegion": profile.map_reference, "ReferenceStatistic": "median", "ReferenceValue": 100.0}
+
+
+def write_crmap(path: Path, rng, effect: float, noise: float, atlas: np.ndarray, nan_outside: bool = True,
+                sidecar: dict | None = None):
     import nibabel as nb
 
     data = np.full(GRID, 0.02, dtype=np.float32)
@@ -185,6 +229,8 @@ def write_crmap(path: Path, rng, effect: float, noise: float, atlas: np.ndarray,
     if nan_outside:
         data[:, :, 0] = np.nan  # the slab does not cover the lowest slice
     nb.Nifti1Image(data, AFFINE).to_filename(str(path))
+    if sidecar is not None:
+        write_json(Path(path).with_name(Path(path).name.split(".")[0] + ".json"), sidecar)
 
 
 # ---------------------------------------------------------------------------
@@ -206,12 +252,13 @@ def simulate(bids_dir: Path, output_dir: Path, spec: SimSpec | None = None) -> p
         '{"Name": "nmbids synthetic outputs", "BIDSVersion": "1.10.0", "DatasetType": "derivative", '
         '"GeneratedBy": [{"Name": "nmbids.group.synthetic"}]}\n')
     measures = make_measures(spec, parts, rng)
-    qc = make_qc(parts, spec.sessions, rng)
+    qc = make_qc(parts, spec.sessions, rng, spec.naming)
     atlas = write_atlas(output_dir) if spec.crmaps else None
     reference = next(iter(spec.n_per_group))
     m_groups = measures.groupby(["participant_id", "session_id"], sort=False)
     q_groups = dict(list(qc.groupby(["participant_id", "session_id"], sort=False)))
     group_of = dict(zip(parts["participant_id"], parts["group"]))
+    style_of = dict(zip(parts["participant_id"], _styles(spec, parts)))
     for (pid, ses), rows in m_groups:
         anat = output_dir / pid / (ses if ses != "n/a" else "") / "anat"
         anat.mkdir(parents=True, exist_ok=True)
@@ -222,5 +269,7 @@ def simulate(bids_dir: Path, output_dir: Path, spec: SimSpec | None = None) -> p
             (anat / f"{prefix}_desc-nm_qc.tsv").write_text(tsv_text(q))
         if atlas is not None:
             effect = spec.blob_effect if group_of[pid] != reference else 0.0
-            write_crmap(anat / f"{prefix}_acq-NM_space-{SPACE}_crmap.nii.gz", rng, effect, spec.map_noise, atlas)
+            nm = nm_source(pid, ses[len("ses-"):] if ses != "n/a" else None, style_of[pid])
+            write_crmap(anat / f"{nm['map_prefix']}_space-{SPACE}_crmap.nii.gz", rng, effect, spec.map_noise, atlas,
+                        sidecar=crmap_sidecar(nm))
     return parts

@@ -1,35 +1,51 @@
 """Voxelwise group test of the contrast-ratio maps, by permutation.
 
-Inputs: ``OUTPUT_DIR/sub-*/[ses-*/]anat/*_space-<space>_crmap.nii.gz`` and the
-atlas ``OUTPUT_DIR/atlas/tpl-<space>_atlas-nmbids_dseg.nii.gz`` (+ ``.tsv``).
+Inputs: ``OUTPUT_DIR/sub-*/[ses-*/]anat/*_space-*_crmap.nii.gz`` with their JSON
+sidecars, and the atlas ``OUTPUT_DIR/atlas/tpl-<space>_atlas-nmbids_dseg.nii.gz``
+(+ ``.tsv``).
 
+* What a map is comes from its sidecar, never from its file name (a map's name
+  drops ``run-``, and an MT pair without ``acq-`` is named ``acq-MTR``):
+  ``AcquisitionType``, ``Sources`` (the NM source first, ``bids:raw:<path>``) and
+  ``SpatialReference``. A map without a readable sidecar or without one of these
+  keys is left out with a reason; so is a map whose source has no rows in the
+  measures the group level uses (e.g. left out with ``--exclude``).
 * Mask: the atlas *target* ROIs (SN, VTA, LC; ``kind == target``) dilated by one
   voxel (6-connectivity), minus reference-region voxels. Only the bounding box
   of the mask is ever read from the maps (``dataobj`` slicing), so memory is
   n_participants x box voxels, not whole images.
-* One map per participant: the earliest session that has a map; several maps
-  of one acquisition type in that session (runs) are averaged (NaN-aware).
-  When maps of more than one acquisition type exist, each type is analysed on
-  its own (absolute CR differs between protocols) and its name is prepended to
-  the contrast label.
+* One map per participant: the earliest session that has a usable map; several
+  maps of one acquisition type in that session are averaged (NaN-aware). When
+  maps of more than one acquisition type exist, each type is analysed on its own
+  (absolute CR differs between protocols) and its name is prepended to the
+  contrast label.
 * Coverage: maps are NaN outside the NM slab. Voxels covered by at least half of
   the maps define the common region; a participant whose map covers less than
   ``MIN_COVERAGE`` of it is left out; the analysis mask is the voxels covered by
   every remaining map (no imputation).
 * Test: ``nilearn.glm.second_level.non_parametric_inference`` (permuted OLS,
   the scheme nilearn documents as Freedman and Lane 1983; Anderson and
-  Robinson 2001; Winkler et al. 2014), two-sided, ``n_perm`` permutations, family-wise error
-  controlled by the maximum |t| statistic over the mask. Design: group dummies
-  (or the predictor) + covariates (+ site dummies when harmonising by site:
-  the site enters as a fixed covariate, ComBat is not applied to voxels)
-  + intercept.
+  Robinson 2001; Winkler et al. 2014), two-sided, ``n_perm`` permutations.
+  Family-wise error is controlled at two levels, both from the same permutations:
+  voxel level by the maximum |t| over the mask; cluster level by the maximum
+  cluster size and the maximum cluster mass, clusters being the 6-connected sets
+  of voxels with two-sided p < ``cluster_forming_p`` (default
+  ``CLUSTER_FORMING_P`` = 0.001; positive and negative clusters apart). Design:
+  group dummies (or the predictor) + covariates (+ site dummies when harmonising
+  by site: the site enters as a fixed covariate, ComBat is not applied to
+  voxels) + intercept.
 * Outputs per contrast: ``voxelwise_<contrast>_tstat.nii.gz``,
-  ``voxelwise_<contrast>_logp_fwe.nii.gz`` (-log10 FWE-corrected p),
-  ``voxelwise_<contrast>_clusters.tsv`` (clusters of voxels with FWE p < 0.05),
-  ``figures/voxelwise_<contrast>.png``.
+  ``voxelwise_<contrast>_logp_fwe.nii.gz`` (-log10 voxel-level FWE p),
+  ``voxelwise_<contrast>_clusters.tsv`` (clusters of voxels with voxel-level FWE
+  p < 0.05), ``voxelwise_<contrast>_logp_clustersize_fwe.nii.gz`` and
+  ``voxelwise_<contrast>_logp_clustermass_fwe.nii.gz`` (-log10 cluster-level FWE
+  p), ``voxelwise_<contrast>_clusterlevel.tsv`` (every cluster above the
+  cluster-forming threshold), ``figures/voxelwise_<contrast>.png`` and
+  ``figures/voxelwise_<contrast>_clusterlevel.png``; each with a JSON sidecar.
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 import warnings
@@ -47,20 +63,30 @@ MIN_PER_GROUP = 3
 MIN_N_PREDICTOR = 6
 MIN_COVERAGE = 0.8
 ALPHA = 0.05
-CLUSTER_FORMING_P = 0.001
-CRMAP_RE = re.compile(r"^(?P<prefix>.+)_space-(?P<space>[a-zA-Z0-9]+)_crmap\.nii(\.gz)?$")
+CLUSTER_FORMING_P = 0.001  # two-sided voxel p that forms the clusters of the cluster-level test
+CONNECTIVITY = 6  # voxels sharing a face are neighbours (nilearn's cluster inference)
+CRMAP_GLOB = "*_space-*_crmap.nii*"
 ATLAS_RE = re.compile(r"^tpl-(?P<space>[a-zA-Z0-9]+)_atlas-nmbids_dseg\.nii(\.gz)?$")
 TARGET_ROIS = ("SN", "VTA", "LC")
+# what the group level reads from each map's sidecar (written by the participant level)
+SIDECAR_KEYS = ("AcquisitionType", "Sources", "SpatialReference")
 
 
 @dataclass
 class VoxelResult:
     skipped: str | None = None
     contrasts: list[dict] = field(default_factory=list)
-    included: dict[str, bool] = field(default_factory=dict)  # participant -> in at least one test
-    reasons: dict[str, str] = field(default_factory=dict)  # participant -> why left out
+    included: dict[str, bool] = field(default_factory=dict)  # participant -> its maps entered a test
+    reasons: dict[str, str] = field(default_factory=dict)  # participant -> why (some of) its maps were left out
     space: str | None = None
     mask_voxels: int = 0
+
+    def leave_out(self, participant: str, why: str) -> None:
+        previous = self.reasons.get(participant)
+        if previous is None:
+            self.reasons[participant] = why
+        elif why not in previous.split("; "):
+            self.reasons[participant] = f"{previous}; {why}"
 
 
 def _find_atlases(output_dir: Path) -> dict[str, Path]:
@@ -72,33 +98,58 @@ def _find_atlases(output_dir: Path) -> dict[str, Path]:
     return out
 
 
+def sidecar_of(path: Path) -> Path:
+    """The JSON sidecar of a NIfTI derivative (``x.nii.gz`` -> ``x.json``)."""
+    path = Path(path)
+    return path.with_name(path.name.split(".")[0] + ".json")
+
+
+def _source_path(uri: str) -> str:
+    """``bids:raw:sub-01/anat/x.nii.gz`` (or a plain relative path) -> ``sub-01/anat/x.nii.gz``."""
+    return uri.split(":", 2)[2] if uri.startswith("bids:") and uri.count(":") >= 2 else uri
+
+
+def read_map_sidecar(path: Path) -> dict | str:
+    """The facts the voxelwise test needs from a map's sidecar, or why they cannot be had."""
+    side = sidecar_of(path)
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"{path.name}: no JSON sidecar ({side.name})"
+    except (OSError, ValueError) as exc:
+        return f"{path.name}: unreadable sidecar {side.name} ({exc})"
+    if not isinstance(meta, dict):
+        return f"{path.name}: its sidecar is not a JSON object"
+    missing = [k for k in SIDECAR_KEYS if not meta.get(k)]
+    if missing:
+        return f"{path.name}: its sidecar has no {', '.join(missing)}"
+    sources = meta["Sources"]
+    sources = [sources] if isinstance(sources, str) else sources
+    acq, space = meta["AcquisitionType"], meta["SpatialReference"]
+    if not isinstance(acq, str) or not isinstance(space, str) or not isinstance(sources, list) \
+            or not sources or not isinstance(sources[0], str):
+        return f"{path.name}: its sidecar's AcquisitionType, Sources or SpatialReference is malformed"
+    return {"acq_type": acq, "source": _source_path(sources[0]), "space": space}
+
+
 def _find_maps(output_dir: Path, sessions: dict[str, list[str]]) -> list[dict]:
+    """Every contrast-ratio map of these participants' sessions, with its sidecar's facts
+    (or a ``problem``)."""
     maps = []
     for pid, sess in sessions.items():
         base = output_dir / pid
         dirs = [(NA, base / "anat")] + [(s, base / s / "anat") for s in sess if s != NA]
         for ses, d in dirs:
-            for p in sorted(d.glob("*_crmap.nii*")):
-                m = CRMAP_RE.match(p.name)
-                if m:
-                    maps.append({"participant_id": pid, "session_id": ses, "prefix": m["prefix"],
-                                 "space": m["space"], "path": p})
+            for p in sorted(d.glob(CRMAP_GLOB)):
+                facts = read_map_sidecar(p)
+                m = {"participant_id": pid, "session_id": ses, "path": p,
+                     "rel": p.relative_to(output_dir).as_posix()}
+                if isinstance(facts, str):
+                    m["problem"] = facts
+                else:
+                    m.update(facts)
+                maps.append(m)
     return maps
-
-
-def _acq_of_prefixes(measures: pd.DataFrame) -> dict[str, str]:
-    """Map an entity prefix (source name without its suffix) to the source's acquisition type."""
-    out = {}
-    src = measures[["source", "acq_type"]].drop_duplicates()
-    for source, acq in src.itertuples(index=False):
-        if not isinstance(source, str):
-            continue
-        name = source.rsplit("/", 1)[-1].split(".nii")[0]
-        prefix = name.rsplit("_", 1)[0]
-        out[prefix] = acq
-        # MT pairs: the map is named without the mt- entity
-        out.setdefault(re.sub(r"_mt-(on|off)", "", prefix), acq)
-    return out
 
 
 def load_mask(atlas_path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
@@ -154,31 +205,66 @@ def _label(text: str) -> str:
 
 def run_voxelwise(output_dir: Path, group_dir: Path, design: Design, measures: pd.DataFrame,
                   sessions: dict[str, list[str]], n_permutations: int = 1000, seed: int = 0,
-                  batch_column: str | None = None, logger: logging.Logger | None = None) -> VoxelResult:
+                  batch_column: str | None = None, logger: logging.Logger | None = None,
+                  cluster_forming_p: float = CLUSTER_FORMING_P) -> VoxelResult:
+    """The voxelwise test of the maps of ``design``'s participants.
+
+    ``measures``: the measures rows the group level uses (after ``--exclude``); a map
+    enters only if its source (from its sidecar) has rows there for its participant and
+    session. ``cluster_forming_p``: two-sided voxel p that forms the clusters of the
+    cluster-level test.
+    """
     log = logger or logging.getLogger("nmbids")
     res = VoxelResult()
     output_dir, group_dir = Path(output_dir), Path(group_dir)
+    if not 0 < float(cluster_forming_p) < 1:
+        raise ValueError(f"cluster_forming_p must be in (0, 1), not {cluster_forming_p}")
     if not design.has_test:
         res.skipped = "no group column or predictor to test"
         return res
     atlases = _find_atlases(output_dir)
     pids = set(design.frame["participant_id"])
-    maps = [m for m in _find_maps(output_dir, {p: s for p, s in sessions.items() if p in pids})
-            if m["space"] in atlases]
+    found = _find_maps(output_dir, {p: s for p, s in sessions.items() if p in pids})
     if not atlases:
         res.skipped = "no atlas in OUTPUT_DIR/atlas"
-    elif not maps:
-        res.skipped = "no contrast-ratio maps (*_space-<space>_crmap.nii.gz) on an atlas grid"
+    elif not found:
+        res.skipped = "no contrast-ratio maps (*_space-<space>_crmap.nii.gz)"
     if res.skipped:
+        log.warning("voxelwise analysis skipped: %s", res.skipped)
+        return res
+
+    rows = measures[["participant_id", "session_id", "source"]].drop_duplicates()
+    measured = set(zip(rows["participant_id"].astype(str), rows["session_id"].astype(str),
+                       rows["source"].astype(str)))
+    maps = []
+    for m in found:
+        pid = m["participant_id"]
+        if "problem" in m:
+            why = m["problem"]
+        elif (pid, m["session_id"], m["source"]) not in measured:
+            why = (f"{m['path'].name}: its source {m['source']} has no measures (left out with --exclude, or "
+                   "its measures table lacks it)")
+        elif m["space"] not in atlases:
+            why = f"{m['path'].name}: no atlas for its space {m['space']} in OUTPUT_DIR/atlas"
+        else:
+            maps.append(m)
+            continue
+        res.leave_out(pid, why)
+        log.warning("voxelwise: %s: %s", pid, why)
+    if not maps:
+        res.skipped = "no contrast-ratio map with a usable sidecar on an atlas grid"
         log.warning("voxelwise analysis skipped: %s", res.skipped)
         return res
     space = pd.Series([m["space"] for m in maps]).value_counts().index[0]
     res.space = space
-    maps = [m for m in maps if m["space"] == space]
-    acq_of = _acq_of_prefixes(measures)
     for m in maps:
-        m["acq_type"] = acq_of.get(m["prefix"], "unknown")
+        if m["space"] != space:
+            res.leave_out(m["participant_id"], f"{m['path'].name}: in space {m['space']}, the test is in {space}")
+    maps = [m for m in maps if m["space"] == space]
+    for m in maps:
         m["ses_key"] = natural_key(m["session_id"])
+    for pid in sorted(pids - {m["participant_id"] for m in maps} - set(res.reasons)):
+        res.leave_out(pid, "no contrast-ratio map")
 
     mask, labels, affine, names = load_mask(atlases[space])
     if not mask.any():
@@ -197,15 +283,25 @@ def run_voxelwise(output_dir: Path, group_dir: Path, design: Design, measures: p
             if cur is None or cur[0]["session_id"] == m["session_id"]:
                 chosen.setdefault(m["participant_id"], []).append(m)
         prefix = f"{_label(acq)}_" if len(acq_types) > 1 else ""
-        _run_one(res, prefix, chosen, box, mask_box, labels, affine, names, design, group_dir, n_permutations,
-                 seed, batch_column, space, log)
+        _run_one(res, acq if len(acq_types) > 1 else None, prefix, chosen, box, mask_box, labels, affine, names,
+                 design, group_dir, n_permutations, seed, batch_column, space, float(cluster_forming_p), log)
     if not res.contrasts and not res.skipped:
         res.skipped = "no contrast had enough participants with maps"
     return res
 
 
-def _run_one(res: VoxelResult, prefix: str, chosen: dict[str, list[dict]], box, mask_box, labels, affine, names,
-             design: Design, group_dir: Path, n_perm: int, seed: int, batch_column, space, log) -> None:
+def _run_one(res: VoxelResult, acq: str | None, prefix: str, chosen: dict[str, list[dict]], box, mask_box, labels,
+             affine, names, design: Design, group_dir: Path, n_perm: int, seed: int, batch_column, space,
+             cluster_p: float, log) -> None:
+    what = f"{acq} maps: " if acq else ""
+
+    def skip(msg: str, who) -> None:
+        """The test of these maps cannot run: say so, and why, for each participant."""
+        res.skipped = res.skipped or what + msg
+        log.warning("voxelwise analysis skipped: %s%s", what, msg)
+        for p in who:
+            res.leave_out(p, what + msg)
+
     shape = labels.shape
     data, pids = [], []
     for pid in sorted(chosen):
@@ -213,7 +309,7 @@ def _run_one(res: VoxelResult, prefix: str, chosen: dict[str, list[dict]], box, 
         for m in chosen[pid]:
             a = _read_box(m["path"], box, shape, affine)
             if isinstance(a, str):
-                res.reasons[pid] = a
+                res.leave_out(pid, a)
                 continue
             arrays.append(a[mask_box])
         if not arrays:
@@ -223,21 +319,22 @@ def _run_one(res: VoxelResult, prefix: str, chosen: dict[str, list[dict]], box, 
             data.append(np.nanmean(np.stack(arrays), axis=0) if len(arrays) > 1 else arrays[0])
         pids.append(pid)
     if len(pids) < 3:
-        return
+        return skip("fewer than 3 readable maps", pids)
     Y = np.stack(data)  # participants x mask voxels (float32)
     fin = np.isfinite(Y)
     common = fin.mean(0) >= 0.5
     if not common.any():
-        return
+        return skip("no mask voxel is covered by half of the maps", pids)
     cover = fin[:, common].mean(1)
     keep = cover >= MIN_COVERAGE
     for pid, c in zip(pids, cover):
         if c < MIN_COVERAGE:
-            res.reasons[pid] = f"map covers {100 * c:.0f}% of the common mask (< {100 * MIN_COVERAGE:.0f}%)"
+            res.leave_out(pid, f"map covers {100 * c:.0f}% of the common mask (< {100 * MIN_COVERAGE:.0f}%)")
     Y, fin, pids = Y[keep], fin[keep], [p for p, k in zip(pids, keep) if k]
     vox = fin.all(0)
     if not vox.any() or len(pids) < 3:
-        return
+        return skip("fewer than 3 maps cover the common mask" if len(pids) < 3
+                    else "no mask voxel is covered by every map", pids)
     Y = Y[:, vox]
 
     frame = design.frame.set_index("participant_id").loc[pids]
@@ -246,16 +343,13 @@ def _run_one(res: VoxelResult, prefix: str, chosen: dict[str, list[dict]], box, 
     if design.group_column:
         counts = frame["_group"].astype(str).value_counts()
         if counts.get(design.reference, 0) < MIN_PER_GROUP:
-            msg = f"fewer than {MIN_PER_GROUP} maps in the reference group '{design.reference}'"
-            res.skipped = res.skipped or msg
-            log.warning("voxelwise analysis skipped: %s", msg)
-            return
+            return skip(f"fewer than {MIN_PER_GROUP} maps in the reference group '{design.reference}'", pids)
         small = [lev for lev in design.levels if counts.get(lev, 0) < MIN_PER_GROUP]
         if small:
-            log.warning("voxelwise: group(s) %s have fewer than %d maps and are left out", ", ".join(small),
+            log.warning("voxelwise: %sgroup(s) %s have fewer than %d maps and are left out", what, ", ".join(small),
                         MIN_PER_GROUP)
             for pid in frame.index[frame["_group"].astype(str).isin(small)]:
-                res.reasons[pid] = f"group has fewer than {MIN_PER_GROUP} maps"
+                res.leave_out(pid, f"{what}group has fewer than {MIN_PER_GROUP} maps")
             sel = ~frame["_group"].astype(str).isin(small).to_numpy()
             frame, Y, pids = frame[sel], Y[sel], [p for p, s in zip(pids, sel) if s]
             dm = pd.DataFrame(index=range(len(pids)))
@@ -264,10 +358,7 @@ def _run_one(res: VoxelResult, prefix: str, chosen: dict[str, list[dict]], box, 
                 dm[t.column] = frame[t.column].to_numpy(dtype=float)
                 tested.append((t.column, f"{_label(t.level)}vs{_label(design.reference)}"))
         if not tested:
-            msg = f"fewer than {MIN_PER_GROUP} maps in every non-reference group"
-            res.skipped = res.skipped or msg
-            log.warning("voxelwise analysis skipped: %s", msg)
-            return
+            return skip(f"fewer than {MIN_PER_GROUP} maps in every non-reference group", pids)
     else:
         dm["x_pred"] = frame["x_pred"].to_numpy(dtype=float)
         tested.append(("x_pred", _label(design.predictor)))
@@ -282,18 +373,13 @@ def _run_one(res: VoxelResult, prefix: str, chosen: dict[str, list[dict]], box, 
     dm = dm.loc[:, dm.nunique() > 1]
     n = len(pids)
     if n - dm.shape[1] - 1 < 3 or (design.predictor and n < MIN_N_PREDICTOR):
-        msg = f"too few participants with maps (n={n}) for the model"
-        res.skipped = res.skipped or msg
-        log.warning("voxelwise analysis skipped: %s", msg)
-        return
+        return skip(f"too few participants with maps (n={n}) for the model", pids)
     if np.linalg.matrix_rank(np.column_stack([np.ones(n), dm.to_numpy()])) < dm.shape[1] + 1:
-        msg = "the voxelwise design is rank deficient"
-        res.skipped = res.skipped or msg
-        log.warning("voxelwise analysis skipped: %s", msg)
-        return
+        return skip("the voxelwise design is rank deficient", pids)
 
     import nibabel as nb
     from nilearn.glm.second_level import non_parametric_inference
+    from scipy import stats as sstats
 
     # images of the bounding box only, with the analysis mask
     box_shape = mask_box.shape
@@ -305,10 +391,18 @@ def _run_one(res: VoxelResult, prefix: str, chosen: dict[str, list[dict]], box, 
     vol[ana_box] = Y.T
     imgs = [nb.Nifti1Image(vol[..., i], box_affine) for i in range(n)]  # views of one array
     mask_img = nb.Nifti1Image(ana_box.astype(np.uint8), box_affine)
+    # the t threshold nilearn forms the clusters with (permuted_ols: two-sided, residual df of the
+    # design with its intercept), recorded in the sidecars
+    df = n - dm.shape[1] - 1
+    cluster_t = float(sstats.t.isf(cluster_p / 2, df))
+    inputs = {"Sources": [f"bids::{m['rel']}" for p in pids for m in chosen[p]],
+              "Participants": list(pids)}
+    cluster_def = {"p": cluster_p, "t": cluster_t, "df": int(df), "TwoSided": True,
+                   "Description": f"clusters are the {CONNECTIVITY}-connected sets of voxels with two-sided p < "
+                                  f"{cluster_p:g} (|t| > {cluster_t:.4g}, t distribution with {df} df); "
+                                  "positive and negative clusters are formed apart"}
     from ..progress import Progress
 
-    for pid in pids:
-        res.included[pid] = True
     progress = Progress(len(tested), "contrast", logger=log)  # the permutations are the long step
     for col, label in tested:
         name = prefix + label
@@ -317,56 +411,136 @@ def _run_one(res: VoxelResult, prefix: str, chosen: dict[str, list[dict]], box, 
             warnings.simplefilter("ignore")
             out = non_parametric_inference(imgs, design_matrix=dm, second_level_contrast=col, mask=mask_img,
                                            n_perm=int(n_perm), two_sided_test=True, random_state=int(seed),
-                                           n_jobs=1, threshold=CLUSTER_FORMING_P)
+                                           n_jobs=1, threshold=cluster_p)
         progress.done(f"voxelwise {name}")
-        t_box = np.asarray(out["t"].get_fdata(), dtype=np.float32)
-        lp_box = np.asarray(out["logp_max_t"].get_fdata(), dtype=np.float32)
-        t_full = np.zeros(labels.shape, dtype=np.float32)
-        lp_full = np.zeros(labels.shape, dtype=np.float32)
-        t_full[box] = np.where(ana_box, t_box, 0)
-        lp_full[box] = np.where(ana_box, lp_box, 0)
+        box_maps = {k: np.asarray(out[k].get_fdata(), dtype=np.float64)
+                    for k in ("t", "logp_max_t", "size", "logp_max_size", "logp_max_mass") if k in out}
+        t_box = box_maps["t"]
+        if "size" in box_maps:  # voxels in a cluster: nilearn's own clusters
+            supra = ana_box & (box_maps["size"] > 0)
+        else:
+            supra = ana_box & (np.abs(t_box) > cluster_t)
+        full = {}
+        for k, v in box_maps.items():
+            f = np.zeros(labels.shape, dtype=np.float32)  # the table reads the float64 box maps
+            f[box] = np.where(supra if k.startswith("logp_max_") and k != "logp_max_t" else ana_box, v, 0)
+            full[k] = f
+        t_full, lp_full = full["t"], full["logp_max_t"]
         sig = lp_full > -np.log10(ALPHA)
-        files = _write_contrast(group_dir, name, t_full, lp_full, sig, labels, affine, names, space, n_perm,
-                                design, dm, col, n, seed)
+        table = clusterlevel_table(t_box, supra, box_maps, box, labels, affine, names)
+        for pid in pids:
+            res.included[pid] = True
+        files = _write_contrast(group_dir, name, full, sig, table, labels, affine, names, space, n_perm, design,
+                                dm, col, n, seed, inputs, cluster_def)
         groups = (frame["_group"].astype(str).value_counts().to_dict() if design.group_column else {})
         res.contrasts.append({"name": name, "column": col, "n": n, "n_by_group": groups,
                               "n_significant_voxels": int(sig.sum()), "mask_voxels": int(vox.sum()),
-                              "min_p_fwe": float(10 ** -lp_full[box][ana_box].max()), **files})
+                              "min_p_fwe": float(10 ** -lp_full[box][ana_box].max()),
+                              "cluster_forming_p": cluster_p, "cluster_forming_t": cluster_t,
+                              "n_clusters": len(table),
+                              "n_significant_clusters": int((table["p_fwe_size"] < ALPHA).sum()), **files})
         res.mask_voxels = max(res.mask_voxels, int(vox.sum()))
-        log.info("voxelwise %s: n=%d, %d voxels tested, %d with FWE p < %.2f", name, n, int(vox.sum()),
-                 int(sig.sum()), ALPHA)
+        log.info("voxelwise %s: n=%d, %d voxels tested, %d with FWE p < %.2f; %d cluster(s) at p < %g, %d with "
+                 "cluster-size FWE p < %.2f", name, n, int(vox.sum()), int(sig.sum()), ALPHA, len(table), cluster_p,
+                 res.contrasts[-1]["n_significant_clusters"], ALPHA)
     progress.close()
 
 
-def _write_contrast(group_dir: Path, name: str, t_full, lp_full, sig, labels, affine, names, space, n_perm,
-                    design: Design, dm: pd.DataFrame, col: str, n: int, seed: int) -> dict:
+def clusterlevel_table(t_box, supra, box_maps: dict, box, labels, affine, names) -> pd.DataFrame:
+    """One row per cluster of ``supra`` (positive and negative apart, 6-connected): its size, peak
+    and cluster-level FWE p (from nilearn's ``logp_max_size``/``logp_max_mass`` maps)."""
+    from scipy import ndimage
+
+    cols = list(outputs.CLUSTERLEVEL_COLUMNS_DOC)
+    structure = ndimage.generate_binary_structure(3, 1)
+    offset = np.array([s.start for s in box])
+    voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
+    rows = []
+    for sign in (1, -1):
+        lab, k = ndimage.label(supra & (sign * t_box > 0), structure)
+        for c in range(1, k + 1):
+            where = lab == c
+            ijk = np.argwhere(where)
+            peak = ijk[np.argmax(np.abs(t_box[where]))]
+            full_ijk = peak + offset
+            xyz = (affine @ np.array([*full_ijk, 1.0]))[:3]
+            region = int(labels[tuple(full_ijk)])
+            row = {"n_voxels": int(where.sum()), "size_mm3": float(where.sum()) * voxel_mm3,
+                   "peak_t": float(t_box[tuple(peak)]), "x": float(xyz[0]), "y": float(xyz[1]), "z": float(xyz[2]),
+                   "region": names.get(region, str(region)) if region else NA,
+                   "peak_p_fwe": float(10 ** -box_maps["logp_max_t"][tuple(peak)])}
+            for key, column in (("logp_max_size", "p_fwe_size"), ("logp_max_mass", "p_fwe_mass")):
+                row[column] = float(10 ** -box_maps[key][where].max()) if key in box_maps else np.nan
+            rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    tab = pd.DataFrame(rows)
+    tab["_abs"] = -tab["peak_t"].abs()
+    tab = tab.sort_values(["p_fwe_size", "n_voxels", "_abs"], ascending=[True, False, True], kind="stable")
+    tab["cluster_id"] = np.arange(1, len(tab) + 1)
+    return tab.reset_index(drop=True).reindex(columns=cols)
+
+
+def _write_contrast(group_dir: Path, name: str, full: dict, sig, table: pd.DataFrame, labels, affine, names, space,
+                    n_perm, design: Design, dm: pd.DataFrame, col: str, n: int, seed: int, inputs: dict,
+                    cluster_def: dict) -> dict:
     import nibabel as nb
 
-    t_img = nb.Nifti1Image(t_full, affine)
-    lp_img = nb.Nifti1Image(lp_full, affine)
-    for img in (t_img, lp_img):
-        img.header.set_data_dtype(np.float32)
     common = {"Space": space, "Test": "non_parametric_inference (nilearn), two-sided, max-|t| FWE",
-              "NumberOfPermutations": int(n_perm), "RandomSeed": int(seed), "N": n,
-              "DesignColumns": list(dm.columns), "Tested": col,
-              "Model": design.describe()}
-    tpath = group_dir / f"voxelwise_{name}_tstat.nii.gz"
-    lpath = group_dir / f"voxelwise_{name}_logp_fwe.nii.gz"
-    outputs.save_nifti(t_img, tpath, {"Description": "t statistic of the contrast (0 outside the mask)", **common})
-    outputs.save_nifti(lp_img, lpath, {"Description": "-log10 of the FWE-corrected p-value (max-|t| "
-                                                      "permutation distribution; 0 outside the mask)", **common})
-    table = clusters_table(t_full, sig, labels, affine, names)
+              "TwoSided": True, "NumberOfPermutations": int(n_perm), "RandomSeed": int(seed), "N": n,
+              "DesignColumns": list(dm.columns), "Tested": col, "Model": design.describe(), **inputs}
+    cluster_common = {**common, "Test": "non_parametric_inference (nilearn), two-sided, cluster-level FWE",
+                      "ClusterFormingThreshold": cluster_def, "Connectivity": CONNECTIVITY}
+
+    def save(key: str, suffix: str, meta: dict) -> str:
+        img = nb.Nifti1Image(full[key], affine)
+        img.header.set_data_dtype(np.float32)
+        path = group_dir / f"voxelwise_{name}_{suffix}.nii.gz"
+        outputs.save_nifti(img, path, meta)
+        return path.name
+
+    files = {
+        "tstat": save("t", "tstat", {"Description": "t statistic of the contrast (0 outside the mask)", **common}),
+        "logp_fwe": save("logp_max_t", "logp_fwe", {
+            "Description": "-log10 of the voxel-level FWE-corrected p-value (max-|t| permutation distribution; "
+                           "0 outside the mask)", **common}),
+    }
+    kinds = {"logp_max_size": ("clustersize", "cluster size: number of voxels of the cluster"),
+             "logp_max_mass": ("clustermass", "cluster mass: sum over the cluster's voxels of |t| minus the "
+                                              "cluster-forming t")}
+    for key, (kind, statistic) in kinds.items():
+        if key in full:
+            files[f"logp_{kind}_fwe"] = save(key, f"logp_{kind}_fwe", {
+                "Description": f"-log10 of the cluster-level FWE-corrected p-value of the cluster each voxel belongs "
+                               f"to (permutation distribution of the maximum {kind[len('cluster'):]} of the "
+                               "clusters; 0 outside the clusters)", "Statistic": statistic, **cluster_common})
+    voxel_table = clusters_table(full["t"], sig, labels, affine, names)
     cpath = group_dir / f"voxelwise_{name}_clusters.tsv"
-    outputs.write_tsv(cpath, table, outputs.CLUSTER_COLUMNS_DOC,
-                      {"Description": f"Clusters of voxels with FWE-corrected p < {ALPHA}", **common})
-    fig = group_dir / "figures" / f"voxelwise_{name}.png"
+    outputs.write_tsv(cpath, voxel_table, outputs.CLUSTER_COLUMNS_DOC,
+                      {"Description": f"Clusters of voxels with voxel-level FWE-corrected p < {ALPHA}", **common})
+    lpath = group_dir / f"voxelwise_{name}_clusterlevel.tsv"
+    outputs.write_tsv(lpath, table, outputs.CLUSTERLEVEL_COLUMNS_DOC, {
+        "Description": "Every cluster of voxels above the cluster-forming threshold, with its cluster-level "
+                       "FWE-corrected p (sorted by p_fwe_size)", **cluster_common})
+    files.update({"clusters": cpath.name, "clusters_table": voxel_table, "clusterlevel": lpath.name,
+                  "clusterlevel_table": table})
+    files["figure"] = _figure(group_dir / "figures" / f"voxelwise_{name}.png", full["t"], sig, affine, space,
+                              f"{name}: t, FWE p < {ALPHA}", labels)
+    if "logp_max_size" in full:
+        csig = full["logp_max_size"] > -np.log10(ALPHA)
+        files["cluster_figure"] = _figure(
+            group_dir / "figures" / f"voxelwise_{name}_clusterlevel.png", full["t"], csig, affine, space,
+            f"{name}: t, cluster-size FWE p < {ALPHA} (clusters at p < {cluster_def['p']:g})", labels)
+    return files
+
+
+def _figure(path: Path, t_full, sig, affine, space, title, labels) -> str | None:
     try:
-        plot_contrast(t_full, sig, affine, space, fig, f"{name}: t, FWE p < {ALPHA}", labels)
+        plot_contrast(t_full, sig, affine, space, path, title, labels)
     except Exception as exc:  # a figure must never stop the analysis
         logging.getLogger("nmbids").warning("voxelwise figure failed: %s", exc)
-        fig = None
-    return {"tstat": tpath.name, "logp_fwe": lpath.name, "clusters": cpath.name,
-            "figure": f"figures/{fig.name}" if fig else None, "clusters_table": table}
+        return None
+    return f"figures/{path.name}"
 
 
 def clusters_table(t_full, sig, labels, affine, names) -> pd.DataFrame:
