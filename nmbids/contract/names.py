@@ -207,6 +207,12 @@ def atlas_paths(output_dir: Path, space: str) -> tuple[Path, Path]:
     return stem.with_suffix(".nii.gz"), stem.with_suffix(".tsv")
 
 
+def atlas_space(path: Path) -> str | None:
+    """The template space of an atlas image named by ``atlas_paths`` (its ``tpl-`` entity)."""
+    m = re.match(r"^tpl-([A-Za-z0-9]+)_atlas-nmbids_dseg\.nii(\.gz)?$", Path(path).name)
+    return m.group(1) if m else None
+
+
 def report(output_dir: Path, participant: str) -> Path:
     """The participant's HTML report, ``OUTPUT_DIR/sub-<label>.html`` (as fMRIPrep's)."""
     return Path(output_dir) / f"sub-{participant}.html"

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..outputs import atomic_path as _atomic_path
+from ..contract import names
 from ..contract.exits import EXIT_CANTCREAT, NmbidsError
 from ..contract.tables import measure_levels, measures_dictionary, qc_dictionary
 
@@ -130,7 +131,7 @@ def save_figure(fig, path: Path) -> Path:
 def save_nifti(img, path: Path, sidecar: dict | None = None) -> Path:
     save_with(path, lambda tmp: img.to_filename(str(tmp)))
     if sidecar is not None:
-        write_json(Path(str(path).replace(".nii.gz", ".json")), sidecar)
+        write_json(names.sidecar(path), sidecar)
     return Path(path)
 
 

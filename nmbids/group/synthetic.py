@@ -23,7 +23,8 @@ import pandas as pd
 
 from ..acquisitions import GREMT, MTR, PROFILES
 from ..outputs import bids_uri
-from .collect import MEASURE_COLUMNS, QC_COLUMNS
+from ..contract import names
+from ..contract.tables import MEASURE_COLUMNS, QC_COLUMNS
 from .outputs import tsv_text, write_json
 
 # mean and between-participant SD of each measure
@@ -201,11 +202,11 @@ def write_atlas(output_dir: Path, space: str = SPACE):
     data = np.zeros(GRID, dtype=np.int16)
     for idx, _, _, _, _, box in ATLAS_ROWS:
         data[box] = idx
-    atlas_dir = Path(output_dir) / "atlas"
-    atlas_dir.mkdir(parents=True, exist_ok=True)
-    nb.Nifti1Image(data, AFFINE).to_filename(str(atlas_dir / f"tpl-{space}_atlas-nmbids_dseg.nii.gz"))
+    nii, tsv_path = names.atlas_paths(output_dir, space)
+    nii.parent.mkdir(parents=True, exist_ok=True)
+    nb.Nifti1Image(data, AFFINE).to_filename(str(nii))
     tsv = pd.DataFrame([r[:5] for r in ATLAS_ROWS], columns=["index", "name", "roi", "hemi", "kind"])
-    (atlas_dir / f"tpl-{space}_atlas-nmbids_dseg.tsv").write_text(tsv_text(tsv))
+    tsv_path.write_text(tsv_text(tsv))
     return data
 
 
@@ -230,7 +231,7 @@ def write_crmap(path: Path, rng, effect: float, noise: float, atlas: np.ndarray,
         data[:, :, 0] = np.nan  # the slab does not cover the lowest slice
     nb.Nifti1Image(data, AFFINE).to_filename(str(path))
     if sidecar is not None:
-        write_json(Path(path).with_name(Path(path).name.split(".")[0] + ".json"), sidecar)
+        write_json(names.sidecar(path), sidecar)
 
 
 # ---------------------------------------------------------------------------
@@ -262,14 +263,15 @@ def simulate(bids_dir: Path, output_dir: Path, spec: SimSpec | None = None) -> p
     for (pid, ses), rows in m_groups:
         anat = output_dir / pid / (ses if ses != "n/a" else "") / "anat"
         anat.mkdir(parents=True, exist_ok=True)
-        prefix = pid + (f"_{ses}" if ses != "n/a" else "")
-        (anat / f"{prefix}_desc-nm_measures.tsv").write_text(tsv_text(rows))
+        files = names.SessionFiles(anat, names.session_prefix(pid[len("sub-"):], ses[len("ses-"):] if ses != "n/a"
+                                                             else None), SPACE)
+        files.measures.write_text(tsv_text(rows))
         q = q_groups.get((pid, ses))
         if q is not None:
-            (anat / f"{prefix}_desc-nm_qc.tsv").write_text(tsv_text(q))
+            files.qc.write_text(tsv_text(q))
         if atlas is not None:
             effect = spec.blob_effect if group_of[pid] != reference else 0.0
             nm = nm_source(pid, ses[len("ses-"):] if ses != "n/a" else None, style_of[pid])
-            write_crmap(anat / f"{nm['map_prefix']}_space-{SPACE}_crmap.nii.gz", rng, effect, spec.map_noise, atlas,
+            write_crmap(names.NMFiles(anat, nm["map_prefix"], SPACE).crmap, rng, effect, spec.map_noise, atlas,
                         sidecar=crmap_sidecar(nm))
     return parts

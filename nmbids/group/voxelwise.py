@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..contract import names
 from . import outputs
 from .collect import NA, natural_key
 from .stats import Design
@@ -65,8 +66,7 @@ MIN_COVERAGE = 0.8
 ALPHA = 0.05
 CLUSTER_FORMING_P = 0.001  # two-sided voxel p that forms the clusters of the cluster-level test
 CONNECTIVITY = 6  # voxels sharing a face are neighbours (nilearn's cluster inference)
-CRMAP_GLOB = "*_space-*_crmap.nii*"
-ATLAS_RE = re.compile(r"^tpl-(?P<space>[a-zA-Z0-9]+)_atlas-nmbids_dseg\.nii(\.gz)?$")
+CRMAP_GLOB = names.derivative_name("*", names.CRMAP_SUFFIX, ".nii*", space="*")
 TARGET_ROIS = ("SN", "VTA", "LC")
 # what the group level reads from each map's sidecar (written by the participant level)
 SIDECAR_KEYS = ("AcquisitionType", "Sources", "SpatialReference")
@@ -90,18 +90,13 @@ class VoxelResult:
 
 
 def _find_atlases(output_dir: Path) -> dict[str, Path]:
+    """The atlas of each template space in OUTPUT_DIR/atlas (``names.atlas_space``)."""
     out = {}
-    for p in sorted((output_dir / "atlas").glob("tpl-*_atlas-nmbids_dseg.nii*")):
-        m = ATLAS_RE.match(p.name)
-        if m:
-            out[m["space"]] = p
+    for p in sorted(names.atlas_paths(output_dir, "*")[0].parent.glob(names.atlas_paths(output_dir, "*")[0].name)):
+        space = names.atlas_space(p)
+        if space:
+            out[space] = p
     return out
-
-
-def sidecar_of(path: Path) -> Path:
-    """The JSON sidecar of a NIfTI derivative (``x.nii.gz`` -> ``x.json``)."""
-    path = Path(path)
-    return path.with_name(path.name.split(".")[0] + ".json")
 
 
 def _source_path(uri: str) -> str:
@@ -111,7 +106,7 @@ def _source_path(uri: str) -> str:
 
 def read_map_sidecar(path: Path) -> dict | str:
     """The facts the voxelwise test needs from a map's sidecar, or why they cannot be had."""
-    side = sidecar_of(path)
+    side = names.sidecar(path)
     try:
         meta = json.loads(side.read_text(encoding="utf-8"))
     except FileNotFoundError:
