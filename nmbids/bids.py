@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .acquisitions import (MTR, classify, head_t1w_rank, looks_like_nm, name_looks_like_nm,
                            slab_shape)
-from .contract.names import session_prefix, source_prefix
+from .contract.names import session_prefix, source_prefix, unique_prefix
 from .contract.exits import EXIT_NO_FILES, EXIT_NO_INPUT, NmbidsError
 
 # How to name NM images so that nmbids finds them: the one hint every "not found" line gives.
@@ -445,15 +445,10 @@ def _pair_and_build(groups: dict, ignored: list) -> list:
                         "problem": "warning", "nm": True})
     # two inputs differing only by suffix (acq-NM_T1w, acq-NM_T2starw) must not write the
     # same derivative names: fold the suffix into the acq label of the later one
-    seen = set()
+    seen: set = set()
     for nm in inputs:
         if nm.prefix in seen:
-            suffix = Path(nm.source).name.split("_")[-1].split(".")[0]
-            if "_acq-" in nm.prefix:
-                nm.prefix = re.sub(r"_acq-([A-Za-z0-9]+)", rf"_acq-\g<1>{suffix}", nm.prefix, count=1)
-            else:
-                nm.prefix = nm.prefix.replace("_", f"_acq-{suffix}_", 1) if "_" in nm.prefix \
-                    else f"{nm.prefix}_acq-{suffix}"
+            nm.prefix = unique_prefix(nm.source, seen)
         seen.add(nm.prefix)
     return inputs
 

@@ -52,9 +52,8 @@ def source_prefix(entities: dict) -> str:
     return "_".join(f"{short}-{ents[long]}" for long, short in PREFIX_ENTITIES if long in ents)
 
 
-def prefix_of_source(source: str) -> str:
-    """The prefix of a source's derivatives from its BIDS path alone (``source_prefix`` of the
-    entities in its name), for outputs whose summary.json is lost; "" when it names no subject."""
+def _name_entities(source: str) -> dict:
+    """The prefix entities and the suffix of a BIDS file name (pybids' names for them)."""
     tokens = Path(str(source)).name.split(".")[0].split("_")
     long_of = {short: long for long, short in PREFIX_ENTITIES}
     ents: dict = {}
@@ -64,7 +63,27 @@ def prefix_of_source(source: str) -> str:
             ents.setdefault(long_of[key], value)
     if len(tokens) > 1 and "-" not in tokens[-1]:
         ents["suffix"] = tokens[-1]
+    return ents
+
+
+def prefix_of_source(source: str) -> str:
+    """The prefix of a source's derivatives from its BIDS path alone (``source_prefix`` of the
+    entities in its name), for outputs whose summary.json is lost; "" when it names no subject."""
+    ents = _name_entities(source)
     return source_prefix(ents) if "subject" in ents else ""
+
+
+def unique_prefix(source: str, taken: set) -> str:
+    """The prefix of ``source``'s derivatives, distinct from those ``taken`` by other images of
+    its session: two images that differ only by suffix (``acq-NM_T1w``, ``acq-NM_T2starw``)
+    would write the same names, so the later one gets its suffix appended to its ``acq`` label
+    (``acq-NMT2starw``)."""
+    ents = _name_entities(source)
+    prefix = source_prefix(ents)
+    if prefix in taken and ents.get("suffix"):
+        acq = ents.get("acquisition", "")
+        prefix = source_prefix({**ents, "acquisition": acq + re.sub(r"[^A-Za-z0-9]", "", ents["suffix"])})
+    return prefix
 
 
 def session_prefix(participant: str, session: str | None) -> str:
@@ -199,6 +218,36 @@ class NMFiles:
     @property
     def motion(self) -> Path:
         return self._at("timeseries", ".tsv", desc="motion")
+
+
+@dataclass(frozen=True)
+class GroupFiles:
+    """The group level's outputs, in ``OUTPUT_DIR/group`` (docs/group.md)."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, output_dir: Path) -> "GroupFiles":
+        return cls(Path(output_dir) / GROUP_DIR)
+
+    measures = property(lambda self: self.root / "group_measures.tsv")
+    measures_wide = property(lambda self: self.root / "group_measures_wide.tsv")
+    measures_combat = property(lambda self: self.root / "group_measures_combat.tsv")
+    qc = property(lambda self: self.root / "group_qc.tsv")
+    qc_outliers = property(lambda self: self.root / "group_qc_outliers.tsv")
+    stats = property(lambda self: self.root / "group_stats.tsv")
+    change = property(lambda self: self.root / "group_change.tsv")
+    participants = property(lambda self: self.root / "group_participants.tsv")
+    report = property(lambda self: self.root / "group_report.html")
+    qc_report = property(lambda self: self.root / "group_qc.html")
+    figures = property(lambda self: self.root / FIGURES_DIR)
+
+    def voxelwise(self, contrast: str, what: str, extension: str) -> Path:
+        """``voxelwise_<contrast>_<what><extension>`` (``what`` "" for the contrast's figure)."""
+        return self.root / (f"voxelwise_{contrast}" + (f"_{what}" if what else "") + extension)
+
+    def voxelwise_figure(self, contrast: str, what: str = "") -> Path:
+        return self.figures / self.voxelwise(contrast, what, ".png").name
 
 
 def atlas_paths(output_dir: Path, space: str) -> tuple[Path, Path]:

@@ -16,6 +16,7 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
+from ..contract import names
 from . import outputs
 from .collect import NA, QC_NUMERIC
 
@@ -212,7 +213,7 @@ def _save(fig, group_dir: Path, name: str, log) -> str | None:
     if fig is None:
         return None
     try:
-        outputs.save_figure(fig, group_dir / "figures" / name)
+        outputs.save_figure(fig, names.GroupFiles(Path(group_dir)).figures / name)
     except Exception as exc:  # a figure must never stop the group level
         log.warning("figure %s failed: %s", name, exc)
         return None
@@ -277,7 +278,7 @@ def write_reports(group_dir: Path, *, coll, wide, analysis, design, stats, chang
         n_sig=int((tested_rows["p_fdr"] < 0.05).sum()),
         change_rows=_records(change), vox=vox, excluded=_records(excluded),
         included=_records(status[status["has_measures"] == "yes"]))
-    outputs.write_text(group_dir / "group_report.html", page)
+    outputs.write_text(names.GroupFiles(group_dir).report, page)
 
     # ---- QC page
     flagged: dict[str, np.ndarray] = {}
@@ -319,4 +320,4 @@ def write_reports(group_dir: Path, *, coll, wide, analysis, design, stats, chang
         title="nmbids group QC", page="qc", **common, outliers=_records(outliers), n_outliers=len(outliers),
         threshold=OUTLIER_Z, figures=qc_figs, qc_rows=_records(qc_rows), n_qc=len(qc_rows),
         qc_columns=list(qc_rows.columns), status=_records(status), max_rows=MAX_TABLE_ROWS)
-    outputs.write_text(group_dir / "group_qc.html", qc_page)
+    outputs.write_text(names.GroupFiles(group_dir).qc_report, qc_page)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..contract import names
 from . import outputs
 from .collect import (MEASURE_COLUMNS, NA, QC_COLUMNS, Collection, collect, cross_sectional,
                       long_table, participant_columns, read_exclusions, wide_table)
@@ -75,7 +76,8 @@ def _run(bids_dir, output_dir, participant_label, session_label, group_column, c
         raise NmbidsError("--n-permutations and --random-seed must be integers", EXIT_USAGE) from None
     if n_permutations < 1:
         raise NmbidsError("--n-permutations must be at least 1", EXIT_USAGE)
-    group_dir = output_dir / "group"
+    files = names.GroupFiles.of(output_dir)
+    group_dir = files.root
 
     coll = collect(bids_dir, output_dir, participant_label, session_label, log,
                    exclusions=read_exclusions(Path(exclude)) if exclude else None)
@@ -104,7 +106,7 @@ def _run(bids_dir, output_dir, participant_label, session_label, group_column, c
         log.warning("%s left out of the models: %s", pid, why)
     # ---- tables --------------------------------------------------------------------------------
     pcols = [c for c in long.columns if c not in MEASURE_COLUMNS]
-    outputs.write_tsv(group_dir / "group_measures.tsv", long,
+    outputs.write_tsv(files.measures, long,
                       {**outputs.MEASURE_COLUMNS_DOC, **_participants_dictionary(coll, pcols)},
                       {"Description": "Every participant's measure rows (long form), participants.tsv joined."})
     wide_out = wide.table if parts is None else wide.table.merge(parts, on="participant_id", how="left")
@@ -113,14 +115,14 @@ def _run(bids_dir, output_dir, participant_label, session_label, group_column, c
                 "acq_type": {"Description": "Acquisition type(s) the row's values come from, ';'-separated."}}
     wide_doc.update({c: outputs.outcome_doc(c, r, h, m) for c, r, h, m in wide.outcomes})
     wide_doc.update(_participants_dictionary(coll, [c for c in wide_out.columns if c not in wide_doc]))
-    outputs.write_tsv(group_dir / "group_measures_wide.tsv", wide_out, wide_doc, {
+    outputs.write_tsv(files.measures_wide, wide_out, wide_doc, {
         "Description": "One row per participant and session, one column per <roi>_<hemi>_<measure>.",
         "AcquisitionTypes": wide.acq_types,
         "SourceSelection": "When several sources give a value, the acquisition type measured in the most "
                            "participants for that column is used (runs averaged); others only when a "
                            "participant lacks it."})
     qc = coll.qc[coll.qc["participant_id"].isin(included)]
-    outputs.write_tsv(group_dir / "group_qc.tsv", qc[QC_COLUMNS], outputs.QC_COLUMNS_DOC,
+    outputs.write_tsv(files.qc, qc[QC_COLUMNS], outputs.QC_COLUMNS_DOC,
                       {"Description": "QC rows of every participant (one per NM source)."})
 
     outcome_cols = [c for c, _, _, m in wide.outcomes if m not in NOT_OUTCOMES]
@@ -138,7 +140,7 @@ def _run(bids_dir, output_dir, participant_label, session_label, group_column, c
                    "sessions": {"Description": "Sessions of the participant; each value comes from the earliest "
                                                "session that has it."}}
             doc.update({c: outputs.outcome_doc(c, r, h, m) for c, r, h, m in wide.outcomes if c in keep})
-            outputs.write_tsv(group_dir / "group_measures_combat.tsv", analysis[keep], doc,
+            outputs.write_tsv(files.measures_combat, analysis[keep], doc,
                               {"Description": "ComBat-harmonised values, one row per participant (the table "
                                               "group_stats.tsv is fitted on).", "Harmonization": harmonization})
 
@@ -157,13 +159,13 @@ def _run(bids_dir, output_dir, participant_label, session_label, group_column, c
         "OutcomesNotModelled": {"QC measures": list(NOT_OUTCOMES), "skipped": skipped},
         "NumberOfParticipants": int(len(design.frame)) if design.has_test else 0,
     }
-    outputs.write_tsv(group_dir / "group_stats.tsv", stats_df, outputs.STATS_COLUMNS_DOC,
+    outputs.write_tsv(files.stats, stats_df, outputs.STATS_COLUMNS_DOC,
                       {"Description": "OLS models of each roi x hemi x measure (statsmodels).", "Model": model_meta,
                        "Harmonization": harmonization})
     change = None
     if any(len([s for s in ses if s != NA]) > 1 for ses in coll.sessions.values()):
         change = within_subject_change(wide.table, wide.outcomes)
-        outputs.write_tsv(group_dir / "group_change.tsv", change, outputs.CHANGE_COLUMNS_DOC,
+        outputs.write_tsv(files.change, change, outputs.CHANGE_COLUMNS_DOC,
                           {"Description": "Within-participant change from the earliest session (paired t-test, "
                                           "scipy.stats.ttest_rel); values as measured (not harmonised)."})
 
@@ -178,10 +180,10 @@ def _run(bids_dir, output_dir, participant_label, session_label, group_column, c
 
     # ---- participants and outliers -----------------------------------------------------------------
     status = participants_status(coll, design, vox)
-    outputs.write_tsv(group_dir / "group_participants.tsv", status, outputs.PARTICIPANTS_COLUMNS_DOC,
+    outputs.write_tsv(files.participants, status, outputs.PARTICIPANTS_COLUMNS_DOC,
                       {"Description": "Every participant considered, whether it was used, and why not."})
     outliers = find_outliers(wide.table, wide.outcomes, qc)
-    outputs.write_tsv(group_dir / "group_qc_outliers.tsv", outliers, outputs.OUTLIER_COLUMNS_DOC,
+    outputs.write_tsv(files.qc_outliers, outliers, outputs.OUTLIER_COLUMNS_DOC,
                       {"Description": f"Values with |robust z| > {OUTLIER_Z}.", "Threshold": OUTLIER_Z})
 
     # ---- reports ------------------------------------------------------------------------------------

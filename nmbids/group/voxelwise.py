@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..contract import names
+from ..contract import names as contract
 from . import outputs
 from .collect import NA, natural_key
 from .stats import Design
@@ -66,7 +66,7 @@ MIN_COVERAGE = 0.8
 ALPHA = 0.05
 CLUSTER_FORMING_P = 0.001  # two-sided voxel p that forms the clusters of the cluster-level test
 CONNECTIVITY = 6  # voxels sharing a face are neighbours (nilearn's cluster inference)
-CRMAP_GLOB = names.derivative_name("*", names.CRMAP_SUFFIX, ".nii*", space="*")
+CRMAP_GLOB = contract.derivative_name("*", contract.CRMAP_SUFFIX, ".nii*", space="*")
 TARGET_ROIS = ("SN", "VTA", "LC")
 # what the group level reads from each map's sidecar (written by the participant level)
 SIDECAR_KEYS = ("AcquisitionType", "Sources", "SpatialReference")
@@ -90,10 +90,10 @@ class VoxelResult:
 
 
 def _find_atlases(output_dir: Path) -> dict[str, Path]:
-    """The atlas of each template space in OUTPUT_DIR/atlas (``names.atlas_space``)."""
+    """The atlas of each template space in OUTPUT_DIR/atlas (``contract.atlas_space``)."""
     out = {}
-    for p in sorted(names.atlas_paths(output_dir, "*")[0].parent.glob(names.atlas_paths(output_dir, "*")[0].name)):
-        space = names.atlas_space(p)
+    for p in sorted(contract.atlas_paths(output_dir, "*")[0].parent.glob(contract.atlas_paths(output_dir, "*")[0].name)):
+        space = contract.atlas_space(p)
         if space:
             out[space] = p
     return out
@@ -106,7 +106,7 @@ def _source_path(uri: str) -> str:
 
 def read_map_sidecar(path: Path) -> dict | str:
     """The facts the voxelwise test needs from a map's sidecar, or why they cannot be had."""
-    side = names.sidecar(path)
+    side = contract.sidecar(path)
     try:
         meta = json.loads(side.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -223,7 +223,7 @@ def run_voxelwise(output_dir: Path, group_dir: Path, design: Design, measures: p
     if not atlases:
         res.skipped = "no atlas in OUTPUT_DIR/atlas"
     elif not found:
-        res.skipped = "no contrast-ratio maps (*_space-<space>_crmap.nii.gz)"
+        res.skipped = f"no contrast-ratio maps ({CRMAP_GLOB})"
     if res.skipped:
         log.warning("voxelwise analysis skipped: %s", res.skipped)
         return res
@@ -490,7 +490,7 @@ def _write_contrast(group_dir: Path, name: str, full: dict, sig, table: pd.DataF
     def save(key: str, suffix: str, meta: dict) -> str:
         img = nb.Nifti1Image(full[key], affine)
         img.header.set_data_dtype(np.float32)
-        path = group_dir / f"voxelwise_{name}_{suffix}.nii.gz"
+        path = contract.GroupFiles(group_dir).voxelwise(name, suffix, ".nii.gz")
         outputs.save_nifti(img, path, meta)
         return path.name
 
@@ -510,21 +510,21 @@ def _write_contrast(group_dir: Path, name: str, full: dict, sig, table: pd.DataF
                                f"to (permutation distribution of the maximum {kind[len('cluster'):]} of the "
                                "clusters; 0 outside the clusters)", "Statistic": statistic, **cluster_common})
     voxel_table = clusters_table(full["t"], sig, labels, affine, names)
-    cpath = group_dir / f"voxelwise_{name}_clusters.tsv"
+    cpath = contract.GroupFiles(group_dir).voxelwise(name, "clusters", ".tsv")
     outputs.write_tsv(cpath, voxel_table, outputs.CLUSTER_COLUMNS_DOC,
                       {"Description": f"Clusters of voxels with voxel-level FWE-corrected p < {ALPHA}", **common})
-    lpath = group_dir / f"voxelwise_{name}_clusterlevel.tsv"
+    lpath = contract.GroupFiles(group_dir).voxelwise(name, "clusterlevel", ".tsv")
     outputs.write_tsv(lpath, table, outputs.CLUSTERLEVEL_COLUMNS_DOC, {
         "Description": "Every cluster of voxels above the cluster-forming threshold, with its cluster-level "
                        "FWE-corrected p (sorted by p_fwe_size)", **cluster_common})
     files.update({"clusters": cpath.name, "clusters_table": voxel_table, "clusterlevel": lpath.name,
                   "clusterlevel_table": table})
-    files["figure"] = _figure(group_dir / "figures" / f"voxelwise_{name}.png", full["t"], sig, affine, space,
+    files["figure"] = _figure(contract.GroupFiles(group_dir).voxelwise_figure(name), full["t"], sig, affine, space,
                               f"{name}: t, FWE p < {ALPHA}", labels)
     if "logp_max_size" in full:
         csig = full["logp_max_size"] > -np.log10(ALPHA)
         files["cluster_figure"] = _figure(
-            group_dir / "figures" / f"voxelwise_{name}_clusterlevel.png", full["t"], csig, affine, space,
+            contract.GroupFiles(group_dir).voxelwise_figure(name, "clusterlevel"), full["t"], csig, affine, space,
             f"{name}: t, cluster-size FWE p < {ALPHA} (clusters at p < {cluster_def['p']:g})", labels)
     return files
 

@@ -98,7 +98,7 @@ _PARAGRAPHS = (
     "each region covered by the slab and, for MT pairs, the magnetization-transfer ratio "
     "MTR = 100 (M_off - M_on) / M_off were also computed. Voxelwise CR maps were written in "
     "template space {wengler2020}. The method, space and reference statistic behind every value are "
-    "recorded in the measures table (desc-nm_measures.tsv) and its JSON data dictionary; "
+    "recorded in the measures table (the participant's measures TSV) and its JSON data dictionary; "
     "please report them with the results.",
 
     "Quality control. A visual report was generated for each participant (slab coverage, "

@@ -399,13 +399,18 @@ def _summary_view(summary: dict | None, run_dir: Path | None, root: Path) -> dic
 
 
 def _guess_space(sub_dir: Path) -> str | None:
-    """The template space label from the file names on disk (when there is no summary)."""
-    candidates = sorted(sub_dir.glob(f"**/{names.ANAT}/" + names.SessionFiles(Path(), "*", "*").t1w_template.name))
-    candidates += sorted((sub_dir.parent / names.ATLAS_DIR).glob(names.atlas_paths(Path(), "*")[1].name))
-    for path in candidates:
-        m = re.search(r"(?:_space-|^tpl-)([A-Za-z0-9]+)_", path.name)
-        if m and m.group(1) != "T1w":
-            return m.group(1)
+    """The template space (when there is no summary): the ``SpatialReference`` the T1w in
+    template space records in its sidecar, else the space of the run's atlas."""
+    for path in sorted(sub_dir.glob(f"**/{names.ANAT}/" + names.SessionFiles(Path(), "*", "*").t1w_template.name)):
+        try:
+            space = read_json(names.sidecar(path)).get("SpatialReference")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(space, str) and space:
+            return space
+    for path in sorted((sub_dir.parent / names.ATLAS_DIR).glob(names.atlas_paths(Path(), "*")[0].name)):
+        if names.atlas_space(path):
+            return names.atlas_space(path)
     return None
 
 
@@ -589,7 +594,7 @@ def _source(b: _Builder, S: str, anat: Path, t1w: Path, info: dict, space: str |
             lambda out, g=bg, c=crmap: fm.template_map(g, c, out, "contrast ratio (unitless)", "inferno",
                                                         fm.CR_DISPLAY, name="CR map")))
     else:
-        view.figures.append(Figure("Contrast-ratio map (template space)", "", anchor=safe_name(f"{P}_crmap"),
+        view.figures.append(Figure("Contrast-ratio map (template space)", "", anchor=safe_name(f"{P}_{names.CRMAP_SUFFIX}"),
                                    missing=[_rel(nmf.crmap, b.root)]))
 
     ref_rows = [r for r in rows if r.get("measure") == "reference_value"]
@@ -642,25 +647,21 @@ def _source(b: _Builder, S: str, anat: Path, t1w: Path, info: dict, space: str |
     elif _s(view.n_repeats) not in (NA, "0", "1", ""):
         view.specific.append(Figure("Motion between repeats", "", anchor=safe_name(f"{P}_motion"),
                                     missing=[_rel(motion_tsv, b.root)]))
-    for path in sorted(anat.glob(f"{P}_*map.nii.gz")):
-        if path.name.endswith(f"_{names.CRMAP_SUFFIX}.nii.gz") or not belongs_to_prefix(path.name[: -len(".nii.gz")], P):
+    # the MT pair's maps, native and in template space (in the order of their names)
+    maps = [(nmf.mtrmap, None, "MTR map"), (nmf.mtemap, None, "mte map")]
+    maps += [(nmf.mtrmap_template, space, "MTR map"), (nmf.mtemap_template, space, "mte map")] if space else []
+    for path, map_space, title in maps:
+        if not path.is_file():
             continue
-        stem = path.name[: -len(".nii.gz")]
-        m = re.search(r"_space-([A-Za-z0-9]+)_", path.name)
-        what = re.search(r"_desc-([A-Za-z0-9]+)_", path.name)
-        suffix = stem.rsplit("_", 1)[-1]  # "map", "MTRmap", ...
-        title = f"{what.group(1) if what else (suffix[:-3] or suffix)} map"
-        if m and m.group(1) not in ("T1w",):
-            bg = Path(tpl.t1w) if tpl is not None else names.SessionFiles(anat, S, m.group(1)).t1w_template
+        if map_space:
+            bg = Path(tpl.t1w) if tpl is not None else names.SessionFiles(anat, S, map_space).t1w_template
             draw = (lambda out, p=path, g=bg, t=title: fm.template_map(g, p, out, t, "viridis", name=t))
-            inputs = [path, bg]
         else:
-            bg = t1w if m else nm
+            bg = nm
             draw = (lambda out, p=path, g=bg, t=title: fm.native_map(g, p, out, t))
-            inputs = [path, bg]
         view.specific.append(b.figure(
             title, f"{path.name} (colour range: 2nd to 98th percentile of the map; white line: where it "
-            "is defined).", f"{stem}.svg", inputs, draw))
+            "is defined).", path.name.split(".")[0] + ".svg", [path, bg], draw))
     if acq.upper() == "MTR" and not any(f.title.lower().startswith(("mtr", "mt")) for f in view.specific):
         view.specific.append(Figure("MTR map", "", anchor=safe_name(f"{P}_mtr"),
                                     missing=[_rel(nmf.mtrmap, b.root)]))
