@@ -75,7 +75,7 @@ def cohorts(plan: dict, nuclei: str) -> dict:
 
 
 def run_cohort(name: str, kwargs: dict, root: Path, quality: str, nprocs: int) -> dict:
-    from nmbids.simulate import simulate_dataset
+    from nmbids.phantom import simulate_dataset
 
     d = root / name
     info = {"name": name, "ok": True}

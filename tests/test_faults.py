@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nmbids import simulate as sim
+from nmbids import phantom as sim
 from nmbids.bids import load_layout, plan_participant
 from nmbids.cli import main as nmbids_main
 

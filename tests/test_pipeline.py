@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nmbids import simulate as sim
+from nmbids import phantom as sim
 from nmbids.cli import main as nmbids_main
 
 pytestmark = pytest.mark.slow

@@ -81,7 +81,7 @@ def test_multiproc_yaml_runs_a_phantom(tmp_path, monkeypatch):
     settings and the participant's measures are written."""
     from nipype.pipeline.engine import Workflow
 
-    from nmbids import simulate as sim
+    from nmbids import phantom as sim
 
     sim.simulate_dataset(tmp_path, n_subjects=1, seed=3, t1w_res=1.5, nm_fov=(110.0, 120.0), repeats=2)
     f = tmp_path / "plugin.yml"

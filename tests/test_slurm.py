@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nmbids import simulate as sim
+from nmbids import phantom as sim
 
 pytestmark = pytest.mark.slow
 

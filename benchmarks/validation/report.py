@@ -415,7 +415,7 @@ def render(meta: dict, t: dict, ch: dict, lc: pd.DataFrame, mr: pd.DataFrame) ->
     L.append(f"| wall time | {meta['elapsed_min']} min (simulation, nmbids, analysis) |")
     L.append(f"| nuclei | {nuc} |\n")
     L.append("## Phantom cohorts\n")
-    L.append(f"The nmbids digital phantom (`nmbids-simulate`, see `nmbids/simulate.py`): T1w {P['t1w_res']} mm, "
+    L.append(f"The nmbids digital phantom (`nmbids-simulate`, see `nmbids/phantom/`): T1w {P['t1w_res']} mm, "
              f"NM {P['nm_inplane']} mm in plane over {P['nm_fov'][0]:g} × {P['nm_fov'][1]:g} mm, "
              f"{P['repeats']} repeats. Baseline: SNR {B['snr']:g} per repeat, slab tilt up to {B['max_tilt']:g}°, "
              f"{B['nm_slice']:g} mm slices (× {B['nm_slices']}), motion between repeats up to "

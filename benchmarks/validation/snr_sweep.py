@@ -55,7 +55,7 @@ def cohort(nuclei: str, n_subjects: int = 5, seed: int = 300) -> dict:
 
 def simulate_level(root: Path, kwargs: dict, snr: float) -> Path:
     """The cohort at one SNR, under ``root/snr-<snr>`` (kept when already there)."""
-    from nmbids.simulate import simulate_dataset
+    from nmbids.phantom import simulate_dataset
 
     d = root / f"snr-{snr:g}"
     if not (d / "truth.json").exists():

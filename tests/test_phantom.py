@@ -1,4 +1,4 @@
-"""Tests of the digital phantom (nmbids.simulate), kept small: coarse grids, few subjects."""
+"""Tests of the digital phantom (nmbids.phantom), kept small: coarse grids, few subjects."""
 from __future__ import annotations
 
 import csv
@@ -12,7 +12,9 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from nmbids import simulate as sim
+from nmbids import phantom as sim
+from nmbids.phantom.cli import main
+from nmbids.phantom.nuclei import read_label_table
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 AAL3 = SHARED / "data" / "atlases" / "AAL3" / "tpl-MNI152NLin6Asym_res-01_atlas-AAL3_dseg.nii.gz"
@@ -371,7 +373,7 @@ def test_label_table_parsing(tmp_path):
     tsv = tmp_path / "atlas-X_dseg.tsv"
     tsv.write_text("index\tname\n1\tSN_pc_L_161\n2\tSN_pc_R\n3\tSN_pr_L\n4\tVTA_L\n5\tVTA_R\n"
                    "6\tLC_L\n7\tLC_R\n8\tRed_N_L\n")
-    got = sim._read_label_table(tsv)
+    got = read_label_table(tsv)
     assert got == {"SN_L": [1], "SN_R": [2], "VTA_L": [4], "VTA_R": [5], "LC_L": [6], "LC_R": [7]}
 
 
@@ -390,7 +392,7 @@ def test_bids_validator_passes(cohort):
 
 def test_cli(tmp_path, capsys):
     out = tmp_path / "ph"
-    rc = sim.main([str(out), "--n", "1", "--seed", "2", "--t1w-res", "3", "--nm-inplane", "1.5",
+    rc = main([str(out), "--n", "1", "--seed", "2", "--t1w-res", "3", "--nm-inplane", "1.5",
                    "--nm-fov", "90x100", "--repeats", "2", "--repeats-layout", "4d",
                    "--nm-slices", "12", "--effect", "SN:cr:0.02", "--groups", "a,b"])
     assert rc == 0
@@ -399,10 +401,10 @@ def test_cli(tmp_path, capsys):
     truth = json.loads((out / "truth.json").read_text())
     assert truth["args"]["effects"] == ["SN:cr:0.02"] and truth["args"]["n"] == 1
     # errors are reported with exit code 2, not a traceback
-    assert sim.main([str(out), "--n", "1"]) == 2
-    assert sim.main([str(tmp_path / "x"), "--acq", "spiral"]) == 2
+    assert main([str(out), "--n", "1"]) == 2
+    assert main([str(tmp_path / "x"), "--acq", "spiral"]) == 2
     assert not (tmp_path / "x").exists()  # nothing written when the arguments are wrong
-    assert sim.main([str(tmp_path / "y"), "--effect", "SN:cr:0.1"]) == 2  # one group only
+    assert main([str(tmp_path / "y"), "--effect", "SN:cr:0.1"]) == 2  # one group only
 
 
 def test_cr_sd_gives_a_realistic_spread(tmp_path):
