@@ -65,9 +65,14 @@ STEP_MEM_GB = {"t1w": 1.0, "anat": 1.5, "t1w_template": 0.5, "ds_anat": 0.1,
                "prepare": 0.75, "coreg": 0.75, "quantify": 1.0, "ds_nm": 0.2}
 
 
+SINK_STEPS = {"ds_anat", "ds_nm"}
+
+
 def _node(interface, name: str, step: str, omp_nthreads: int) -> pe.Node:
+    # sinks only copy files: they run in the scheduler's process, never as a batch job of
+    # their own (as niworkflows' DerivativesDataSink)
     return pe.Node(interface, name=name, n_procs=omp_nthreads if step in THREADED_STEPS else 1,
-                   mem_gb=STEP_MEM_GB[step])
+                   mem_gb=STEP_MEM_GB[step], run_without_submitting=step in SINK_STEPS)
 
 
 def init_anat_wf(plan, *, output_dir: Path, work_dir: Path, template: str, t1w_source: str,
