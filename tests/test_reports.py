@@ -144,7 +144,7 @@ def build_participant(root: Path, run_id: str = "20261122-010203_ab12cd34") -> P
     mtr = np.where(np.isfinite(cr), 30 + 10 * np.nan_to_num(cr), np.nan)
     _save(mtr, tpl_aff, anat / f"{P_A}_space-{SPACE}_MTRmap.nii.gz")
     nm_a = nb.load(str(anat / f"{P_A}_desc-preproc_NM.nii.gz"))  # a native-space map too
-    _save(nm_a.get_fdata() / 4.0, nm_a.affine, anat / f"{P_A}_desc-MTenh_map.nii.gz")
+    _save(nm_a.get_fdata() / 4.0, nm_a.affine, anat / f"{P_A}_mtemap.nii.gz")
     (anat / f"{P_A}_desc-motion_timeseries.tsv").write_text(
         "repeat\ttrans_x_mm\ttrans_y_mm\ttrans_z_mm\tdisplacement_mm\n"
         "1\t0\t0\t0\t0\n2\t0.3\t-0.2\t0.5\t0.62\n3\t1.1\t-0.4\t1.6\t2.1\n")
@@ -268,7 +268,7 @@ def test_report_written_atomically_with_all_figures(report):
     for expected in (f"{P_A}_desc-coverage_NM.svg", f"{P_A}_desc-nm2t1w_NM.svg", f"{P_A}_desc-rois_NM.svg",
                      f"{P_A}_space-{SPACE}_desc-crmap_NM.svg", f"{P_A}_desc-refhist_NM.svg",
                      f"{P_A}_desc-motion_NM.svg", f"{P_A}_space-{SPACE}_MTRmap.svg",
-                     f"{P_A}_desc-MTenh_map.svg",
+                     f"{P_A}_mtemap.svg",
                      f"{P_B}_desc-lcprofile_NM.svg", f"sub-01_space-{SPACE}_T1w.svg"):
         assert expected in names, expected
 
@@ -337,7 +337,7 @@ def test_errors_and_methods(report):
 def test_missing_derivatives_do_not_raise(pristine, tmp_path):
     gone = [f"{P_A}_desc-rois_dseg.nii.gz", f"sub-01_space-{SPACE}_desc-preproc_T1w.nii.gz",
             "sub-01_desc-nm_qc.tsv", f"{P_A}_space-{SPACE}_crmap.nii.gz", f"{P_A}_space-T1w_desc-preproc_NM.nii.gz",
-            f"{P_A}_space-{SPACE}_MTRmap.nii.gz", f"{P_A}_desc-MTenh_map.nii.gz",
+            f"{P_A}_space-{SPACE}_MTRmap.nii.gz", f"{P_A}_mtemap.nii.gz",
             f"{P_B}_space-{SPACE}_crmap.nii.gz",
             f"{P_B}_space-T1w_desc-preproc_NM.nii.gz"]
     root = _copy(pristine, tmp_path, gone)
@@ -362,7 +362,7 @@ def test_empty_output_and_no_summary(pristine, tmp_path):
     root = _copy(pristine, tmp_path, [f"sub-01_space-{SPACE}_desc-preproc_T1w.nii.gz",
                                       f"{P_A}_space-{SPACE}_crmap.nii.gz", f"{P_B}_space-{SPACE}_crmap.nii.gz",
                                       f"{P_A}_space-{SPACE}_MTRmap.nii.gz",
-                                      f"{P_A}_desc-MTenh_map.nii.gz",
+                                      f"{P_A}_mtemap.nii.gz",
                                       f"{P_A}_space-T1w_desc-preproc_NM.nii.gz",
                                       f"{P_B}_space-T1w_desc-preproc_NM.nii.gz"])
     shutil.rmtree(root / "sub-01" / "log")
