@@ -15,6 +15,7 @@ import pandas as pd
 
 from .contract.exits import EXIT_USAGE, NmbidsError
 from .contract.names import atlas_paths
+from .images import derivative_image
 from .outputs import atomic_write_bytes, atomic_write_tsv
 from .rois import build_atlas
 
@@ -29,8 +30,7 @@ def prepare_atlas(output_dir: Path, template, user_atlas: Path | None = None) ->
         if nii.exists() and tsv.exists():
             return nii, tsv
         labels, affine, table = build_atlas(template)
-    img = nb.Nifti1Image(labels.astype(np.int16), affine)
-    img.header.set_xyzt_units("mm")
+    img = derivative_image(nb.Nifti1Image(labels.astype(np.int16), affine), space=template.name, labels=True)
     buf = io.BytesIO()
     file_map = nb.Nifti1Image.make_file_map({"image": buf, "header": buf})
     img.to_file_map(file_map)

@@ -14,12 +14,13 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from .acquisitions import (MTR, classify, head_t1w_rank, looks_like_nm, name_looks_like_nm,
                            slab_shape)
+from .contract.exits import EXIT_NO_FILES, EXIT_NO_INPUT, EXIT_USAGE, NmbidsError
 from .contract.names import session_prefix, source_prefix, unique_prefix
-from .contract.exits import EXIT_NO_FILES, EXIT_NO_INPUT, NmbidsError
 
 # How to name NM images so that nmbids finds them: the one hint every "not found" line gives.
 NM_NAMING_HINT = ("nmbids reads visible BIDS names in anat/: NM images as sub-<label>[_ses-<label>]_acq-NM_T1w"
@@ -108,6 +109,7 @@ class AnatFile:
         return dict(self.entities)
 
 
+@lru_cache(maxsize=1)
 def _entity_parsers() -> dict:
     """pybids' BIDS entity patterns and types: names parse exactly as pybids parses them."""
     from bids.layout.models import Config
@@ -313,7 +315,7 @@ def plan_participant(layout, bids_dir: Path, participant: str, sessions=None,
             geometry = _geometry(f.path) if suffix == "T1w" else None
             slab = slab_shape(*geometry) if geometry else None
             if looks_like_nm(ents, meta, slab) and suffix in NM_SUFFIXES:
-                if not _matches(ents, filters.get("nm")):
+                if not filter_matches(ents, filters.get("nm")):
                     ignored.append({"path": rel, "reason": "excluded by --bids-filter-file (nm)", "nm": True})
                     continue
                 acq_type, evidence = classify(ents, meta)
@@ -337,7 +339,7 @@ def plan_participant(layout, bids_dir: Path, participant: str, sessions=None,
                                 "its sidecar says neither spin echo nor MT; if it is an NM image, "
                                 f"say so in its name: {NM_NAMING_HINT}", "problem": "warning", "nm": True})
             elif suffix == "T1w":
-                if _matches(ents, filters.get("t1w")):
+                if filter_matches(ents, filters.get("t1w")):
                     t1w_cands.append((f, ents, rel, head_t1w_rank(meta)))
                 else:
                     ignored.append({"path": rel, "reason": "excluded by --bids-filter-file (t1w)"})
@@ -390,19 +392,110 @@ def _run_label(cand) -> str:
     return f"run-{cand[1]['run']}" if cand[1].get("run") is not None else Path(cand[2]).name
 
 
-def _matches(entities: dict, query: dict | None) -> bool:
+# --bids-filter-file: queries as pybids' BIDSLayout.get() takes them (fMRIPrep's filter files).
+# Besides entity names, a query may hold "regex_search" (pybids' get() keyword) and, in "nm" only,
+# nmbids' own "acq_type".
+FILTER_QUERIES = ("t1w", "nm")
+ANY_VALUE = "*"  # pybids Query.ANY as a filter file writes it; JSON null is Query.NONE
+
+
+def filter_matches(entities: dict, query: dict | None) -> bool:
+    """Whether a file with ``entities`` passes one query of the filter file, as pybids'
+    ``BIDSLayout.get(**query)`` decides it (fMRIPrep writes ``Query.ANY`` as ``"*"`` and
+    ``Query.NONE`` as ``null``).
+
+    Each entity key must hold: ``"*"``: the entity is present, any value; ``null``: it is
+    absent; a list: any of its values (which may include ``"*"`` and ``null``; an empty list
+    constrains nothing, as in pybids); any other value: that exact value (``run: 1`` matches
+    ``run-01``; ``extension`` with or without its dot). With ``"regex_search": true`` the
+    other values are regular expressions searched in the entity's value (``re.search``,
+    ignoring case, as pybids' does). The query must have passed ``check_filters``.
+    """
     if not query:
         return True
+    regex = query.get("regex_search") is True
+    parsers = _entity_parsers()
     for key, want in query.items():
-        if key == "acq_type":
+        if key in ("regex_search", "acq_type"):
+            continue
+        wants = want if isinstance(want, list) else [want]
+        if not wants:
             continue
         have = entities.get(key)
-        wants = want if isinstance(want, list) else [want]
-        if want is None and have is not None:
+        if have is None:
+            if None in wants:
+                continue
             return False
-        if want is not None and str(have) not in [str(w) for w in wants]:
+        if ANY_VALUE in wants:
+            continue
+        values = [w for w in wants if w is not None]
+        if regex:
+            if not any(re.search(str(w), str(have), re.IGNORECASE) for w in values):
+                return False
+        elif not any(_as_entity(key, w, parsers) == have for w in values):
             return False
     return True
+
+
+def _as_entity(key: str, value, parsers: dict):
+    """A query value in the type the entity is parsed to (pybids' ``_sanitize_query_dtypes``)."""
+    if key == "extension" and isinstance(value, str):
+        value = "." + value.lstrip(".")
+    try:
+        return parsers[key][1](value)
+    except (TypeError, ValueError):
+        return value
+
+
+def check_filters(filters, path: str | None = None) -> dict:
+    """The filter file's content, or a usage error naming what is wrong in it: a top-level key
+    other than ``t1w``/``nm``, a query key that is no BIDS entity (with the nearest names), a
+    value of the wrong kind, a ``regex_search`` that is not true/false, a bad regular
+    expression, an unknown ``acq_type``."""
+    import difflib
+
+    from .acquisitions import ACQ_TYPES
+
+    def bad(problem: str):
+        raise NmbidsError(f"--bids-filter-file: {problem}", code=EXIT_USAGE, path=path)
+
+    if not isinstance(filters, dict) or set(filters) - set(FILTER_QUERIES):
+        bad("the filter file must be a JSON object with keys 't1w' and/or 'nm'")
+    parsers = _entity_parsers()
+    short = {}  # "acq" -> "acquisition": the BIDS key-value names users may write instead
+    for name, (regex, _) in parsers.items():
+        m = re.search(r"([a-z]+)-\(", regex.pattern)
+        if m and m.group(1) != name:
+            short[m.group(1)] = name
+    for what, query in filters.items():
+        if not isinstance(query, dict):
+            bad(f"'{what}' must be an object of entity: value pairs")
+        regex = query.get("regex_search", False)
+        if not isinstance(regex, bool):
+            bad(f"'{what}': regex_search must be true or false, not {regex!r}")
+        for key, want in query.items():
+            if key == "regex_search":
+                continue
+            if key == "acq_type":
+                if what != "nm":
+                    bad(f"'{what}': acq_type applies to 'nm' only")
+                if want not in ACQ_TYPES:
+                    bad(f"'nm': acq_type must be one of {', '.join(ACQ_TYPES)}, not {want!r}")
+                continue
+            if key not in parsers:
+                near = ([short[key]] if key in short else []) + difflib.get_close_matches(key, list(parsers))
+                hint = f"; did you mean {' or '.join(repr(n) for n in dict.fromkeys(near))}?" if near else ""
+                bad(f"'{what}': {key!r} is not a BIDS entity{hint} (entities are named as pybids names them: "
+                    "subject, session, acquisition, reconstruction, run, suffix, ...)")
+            for w in want if isinstance(want, list) else [want]:
+                if isinstance(w, bool) or not isinstance(w, (str, int, float, type(None))):
+                    bad(f"'{what}': {key} must be a value, a list of values, \"*\" or null, not {w!r}")
+                if regex and isinstance(w, str) and w != ANY_VALUE:
+                    try:
+                        re.compile(w)
+                    except re.error as err:
+                        bad(f"'{what}': {key}: {w!r} is not a regular expression ({err})")
+    return filters
 
 
 def _pair_and_build(groups: dict, ignored: list) -> list:

@@ -197,10 +197,9 @@ def _load_filters(path: Path | None) -> dict:
         filters = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
         raise NmbidsError(f"cannot read the BIDS filter file: {err}", code=EXIT_USAGE, path=str(path)) from None
-    if not isinstance(filters, dict) or set(filters) - {"t1w", "nm"}:
-        raise NmbidsError("the BIDS filter file must be a JSON object with keys 't1w' and/or 'nm'",
-                          code=EXIT_USAGE, path=str(path))
-    return filters
+    from .bids import check_filters
+
+    return check_filters(filters, str(path))
 
 
 def _participant(args, run_id: str, command: str) -> int:

@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bids-filter-file", "--bids_filter_file", type=Path, metavar="FILE",
                    help="JSON with pybids queries per input kind, e.g. "
                         '{"t1w": {"acquisition": null}, "nm": {"acquisition": "NM", "acq_type": "GREMT"}}; '
-                        "'acq_type' (GREMT, FSE, MTR) overrides the classification")
+                        "'acq_type' (GREMT, FSE, MTR) overrides the classification; as in pybids and fMRIPrep, "
+                        '"*" is any value, null is absent, a list is any of, and "regex_search": true makes '
+                        "the values regular expressions")
     g.add_argument("--bids-database-dir", type=Path, metavar="DIR",
                    help="accepted for compatibility and ignored: nmbids walks the anat folders directly "
                         "and keeps no index database")

@@ -93,6 +93,49 @@ def test_sn_mtr_tracks_truth(mixed_run):
     assert abs(np.mean(est - true)) < 7.0, (est, true)  # percent
 
 
+def _raw_header(path: Path) -> nb.Nifti1Header:
+    """The header as stored (nibabel's load folds scl_slope/scl_inter into the data proxy)."""
+    import gzip
+    import io
+
+    with gzip.open(path, "rb") as fh:
+        return nb.Nifti1Header.from_fileobj(io.BytesIO(fh.read(348)))
+
+
+def test_derivative_headers(mixed_run):
+    """Label images are integers with unit scaling; template-space images carry the MNI152
+    xform code; native images keep their source's codes; 3-D images have mm and no time unit."""
+    root, out, _, _ = mixed_run
+    space = _space(out)
+    assert space.startswith("MNI152")
+    anat = out / "sub-01" / "anat"
+    images = sorted(anat.glob("*.nii.gz")) + sorted((out / "atlas").glob("*.nii.gz"))
+    dsegs = [p for p in images if p.name.endswith("_dseg.nii.gz")]
+    assert len(dsegs) == 4  # one per NM image, and the atlas
+    for path in dsegs:
+        hdr = _raw_header(path)
+        assert np.issubdtype(hdr.get_data_dtype(), np.integer), path.name
+        assert (float(hdr["scl_slope"]), float(hdr["scl_inter"])) == (1.0, 0.0), path.name
+        labels = np.asanyarray(nb.load(str(path)).dataobj)
+        assert labels.max() > 0 and set(np.unique(labels)) <= set(range(256))
+    template_space = [p for p in images if f"space-{space}_" in p.name or p.name.startswith(f"tpl-{space}_")]
+    assert {p.name.split("_")[-1] for p in template_space} >= {"NM.nii.gz", "crmap.nii.gz", "MTRmap.nii.gz",
+                                                               "mtemap.nii.gz", "T1w.nii.gz", "dseg.nii.gz"}
+    for path in template_space:
+        hdr = _raw_header(path)
+        assert (int(hdr["qform_code"]), int(hdr["sform_code"])) == (4, 4), path.name
+    source = _raw_header(next((root / "bids" / "sub-01" / "anat").glob("*acq-NM_run-1_T1w.nii.gz")))
+    for path in (anat / "sub-01_acq-NM_desc-preproc_NM.nii.gz", anat / "sub-01_acq-NM_desc-rois_dseg.nii.gz",
+                 anat / "sub-01_acq-MTR_MTRmap.nii.gz", anat / "sub-01_desc-preproc_T1w.nii.gz"):
+        hdr = _raw_header(path)
+        assert (int(hdr["qform_code"]), int(hdr["sform_code"])) == \
+            (int(source["qform_code"]), int(source["sform_code"])), path.name
+    for path in images:
+        hdr = _raw_header(path)
+        if hdr["dim"][0] == 3:
+            assert hdr.get_xyzt_units() == ("mm", "unknown"), path.name
+
+
 def _copy_image(src: Path, dst: Path, sidecar: dict | str | None, data=None):
     img = nb.load(str(src))
     arr = np.asanyarray(img.dataobj) if data is None else data

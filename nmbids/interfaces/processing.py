@@ -22,6 +22,17 @@ def _ants():
     return ants
 
 
+def _write(img, path: str, **facts) -> str:
+    """Write an ANTs image, then give it the header of a derivative (``images.derivative_image``:
+    ``space`` for template space, ``source`` for the native image whose xform codes it keeps,
+    ``labels`` for a dseg)."""
+    from ..images import finish_image
+
+    img.to_file(path)
+    finish_image(path, **facts)
+    return path
+
+
 class _N4InputSpec(BaseInterfaceInputSpec):
     t1w = File(exists=True, mandatory=True)
 
@@ -52,9 +63,9 @@ class BiasCorrectT1w(SimpleInterface):
         # registration of a head pitched by 45 degrees failed with one (tests/test_faults.py).
         shrink = shrink_for(t1w, 8.0)
         if shrink % 2 == 0:
-            n4(t1w, shrink=shrink // 2, block=2).to_file(out)
+            _write(n4(t1w, shrink=shrink // 2, block=2), out, source=self.inputs.t1w)
         else:
-            n4(t1w, shrink=shrink).to_file(out)
+            _write(n4(t1w, shrink=shrink), out, source=self.inputs.t1w)
         self._results["t1w_preproc"] = out
         return runtime
 
@@ -125,7 +136,8 @@ class WarpT1wToTemplate(SimpleInterface):
         template = ants.image_read(str(get_template(self.inputs.template).t1w))
         t1 = ants.image_read(self.inputs.t1w, dimension=3)
         out = os.path.join(runtime.cwd, "t1w_template.nii.gz")
-        warp_to_template(t1, template, {"affine": self.inputs.affine, "warp": self.inputs.warp}).to_file(out)
+        _write(warp_to_template(t1, template, {"affine": self.inputs.affine, "warp": self.inputs.warp}), out,
+               space=self.inputs.template)
         self._results["t1w_template"] = out
         return runtime
 
@@ -166,7 +178,7 @@ class PrepareNM(SimpleInterface):
         field = np.maximum(n4_field(mean, spline_mm=NM_N4_SPLINE_MM).numpy(), 1e-6)
         nm = mean.new_image_like((mean.numpy() / field).astype(np.float32))
         out = os.path.join(runtime.cwd, "nm_preproc.nii.gz")
-        nm.to_file(out)
+        _write(nm, out, source=self.inputs.in_files[0])
         self._results.update(nm_preproc=out, motion=motion)
         if isdefined(self.inputs.mt_off):
             off = ants.image_read(self.inputs.mt_off)
@@ -208,7 +220,7 @@ class CoregNM(SimpleInterface):
         nm, t1 = ants.image_read(self.inputs.nm), ants.image_read(self.inputs.t1w)
         res = nm_to_t1w(nm, t1, os.path.join(runtime.cwd, "nm2t1w_"))
         out = os.path.join(runtime.cwd, "nm_t1w.nii.gz")
-        push_nm_to_t1w(nm, t1, res["rigid"]).to_file(out)
+        _write(push_nm_to_t1w(nm, t1, res["rigid"]), out, source=self.inputs.t1w)  # on the T1w grid
         self._results.update(rigid=res["rigid"], nm_t1w=out, similarity=res["similarity"])
         return runtime
 
@@ -266,7 +278,7 @@ class QuantifyNM(SimpleInterface):
 
         dseg = pull_atlas_to_nm(atlas, nm, xfm, self.inputs.rigid)
         dseg_path = os.path.join(cwd, "dseg.nii.gz")
-        dseg.to_file(dseg_path)
+        _write(dseg, dseg_path, source=self.inputs.nm, labels=True)
         labels = dseg.numpy().astype(int)
 
         # Coverage: the slab's support pushed to the template, against each template ROI.
@@ -305,22 +317,23 @@ class QuantifyNM(SimpleInterface):
             cr_arr = np.full(nm_tpl.shape, np.nan, np.float32)
         cr_arr[~slab_tpl] = np.nan
         out = {k: os.path.join(cwd, f"{k}.nii.gz") for k in ("crmap", "nm_template")}
-        ants.from_numpy(cr_arr, origin=template.origin, spacing=template.spacing,
-                        direction=template.direction).to_file(out["crmap"])
+        space = self.inputs.template
+        _write(ants.from_numpy(cr_arr, origin=template.origin, spacing=template.spacing,
+                               direction=template.direction), out["crmap"], space=space)
         nm_tpl[~slab_tpl] = 0
-        ants.from_numpy(nm_tpl, origin=template.origin, spacing=template.spacing,
-                        direction=template.direction).to_file(out["nm_template"])
+        _write(ants.from_numpy(nm_tpl, origin=template.origin, spacing=template.spacing,
+                               direction=template.direction), out["nm_template"], space=space)
         if mtr_arr is not None:
             for name, arr in (("mtr", mtr_arr), ("mte", enh_arr)):
                 img = ants.from_numpy(np.nan_to_num(arr).astype(np.float32), origin=nm.origin,
                                       spacing=nm.spacing, direction=nm.direction)
                 out[f"{name}_native"] = os.path.join(cwd, f"{name}_native.nii.gz")
-                img.to_file(out[f"{name}_native"])
+                _write(img, out[f"{name}_native"], source=self.inputs.nm)
                 tpl = push_nm_to_template(img, template, xfm, self.inputs.rigid).numpy()
                 tpl[~slab_tpl] = np.nan
                 out[f"{name}_template"] = os.path.join(cwd, f"{name}_template.nii.gz")
-                ants.from_numpy(tpl, origin=template.origin, spacing=template.spacing,
-                                direction=template.direction).to_file(out[f"{name}_template"])
+                _write(ants.from_numpy(tpl, origin=template.origin, spacing=template.spacing,
+                                       direction=template.direction), out[f"{name}_template"], space=space)
 
         results = {
             "rows": rows,
