@@ -17,7 +17,7 @@ from .contract.exits import EXIT_USAGE, NmbidsError
 from .contract.names import atlas_paths
 from .images import derivative_image
 from .outputs import atomic_write_bytes, atomic_write_tsv
-from .rois import build_atlas
+from .builtin_atlas import build_atlas
 
 REQUIRED_COLUMNS = ("index", "name", "roi", "hemi", "kind")
 

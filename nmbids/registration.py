@@ -17,7 +17,7 @@ from __future__ import annotations
 import ants
 import numpy as np
 
-from .rois import BRAINSTEM_BOX_MM
+from .builtin_atlas import BRAINSTEM_BOX_MM
 
 SEED = 20261122  # the default of --random-seed for the registrations
 _seed_in_use = SEED

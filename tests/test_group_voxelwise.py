@@ -34,7 +34,12 @@ def blob_run(tmp_path_factory):
 def test_blob_found_and_nothing_elsewhere(blob_run):
     rc, g = blob_run
     assert rc == 0
-    t = nb.load(str(g / "voxelwise_SZvsHC_tstat.nii.gz")).get_fdata()
+    from nmbids.images import template_xform_code
+
+    timg = nb.load(str(g / "voxelwise_SZvsHC_tstat.nii.gz"))
+    assert int(timg.header["qform_code"]) == int(timg.header["sform_code"]) == template_xform_code(SPACE)
+    assert timg.header.get_xyzt_units() == ("mm", "unknown")  # 3-D: no time unit
+    t = timg.get_fdata()
     logp = nb.load(str(g / "voxelwise_SZvsHC_logp_fwe.nii.gz")).get_fdata()
     sig = logp > -np.log10(0.05)
     blob = np.zeros(t.shape, dtype=bool)

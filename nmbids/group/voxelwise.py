@@ -56,6 +56,7 @@ import numpy as np
 import pandas as pd
 
 from ..contract import names as contract
+from ..images import derivative_image
 from . import outputs
 from .collect import NA, natural_key
 from .stats import Design
@@ -490,6 +491,7 @@ def _write_contrast(group_dir: Path, name: str, full: dict, sig, table: pd.DataF
     def save(key: str, suffix: str, meta: dict) -> str:
         img = nb.Nifti1Image(full[key], affine)
         img.header.set_data_dtype(np.float32)
+        img = derivative_image(img, space=space)  # template codes, no time unit
         path = contract.GroupFiles(group_dir).voxelwise(name, suffix, ".nii.gz")
         outputs.save_nifti(img, path, meta)
         return path.name

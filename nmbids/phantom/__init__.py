@@ -8,7 +8,7 @@ Same arguments and seed give byte-identical files. The Python entry point is
 :func:`simulate_dataset`; the command line is ``nmbids.phantom.cli``.
 
 The phantom takes from the pipeline, not from copies: the ROI names and label numbers of
-the built-in atlas (``nmbids.rois``: nuclei 1-6, reference regions CC_L, CC_R, PT 7-9), the
+the built-in atlas (``nmbids.builtin_atlas``: nuclei 1-6, reference regions CC_L, CC_R, PT 7-9), the
 places of its CC and PT ellipsoids, the reference region of each ROI and the acquisition
 types (``nmbids.acquisitions.PROFILES`` and ``ACQ_TYPES``); see ``regions``.
 

@@ -1,7 +1,7 @@
 """The phantom's regions as the pipeline defines them: ROI names, labels, reference regions.
 
 Nothing here is the phantom's own: the names and label numbers are those of the pipeline's
-built-in atlas (``nmbids.rois.region_definitions``: 1-6 the nuclei SN/VTA/LC L and R, 7-9
+built-in atlas (``nmbids.builtin_atlas.region_definitions``: 1-6 the nuclei SN/VTA/LC L and R, 7-9
 the reference regions CC_L, CC_R and PT), the reference region of each ROI is that of the
 acquisition profiles (``nmbids.acquisitions.PROFILES``), and the places of the reference
 regions are the atlas's CC and PT ellipsoids. The truth label images use the same numbers.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..acquisitions import PROFILES
-from ..rois import region_definitions
+from ..builtin_atlas import region_definitions
 from .geometry import ellipsoid_mask
 
 _REGIONS = region_definitions()
