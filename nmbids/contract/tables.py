@@ -78,7 +78,8 @@ def measures_dictionary(ref_stat: str | None = None) -> dict:
             "SN": "substantia nigra (search region; NM-rich voxels found from the data)",
             "VTA": "ventral tegmental area; not yet reliable: " + " ".join(
                 f"{p.unreliable['VTA']}." for p in PROFILES.values() if "VTA" in p.unreliable),
-            "LC": "locus coeruleus",
+            "LC": "locus coeruleus" + "".join(f"; not yet reliable on {p.name}: {p.unreliable['LC']}"
+                                              for p in PROFILES.values() if "LC" in p.unreliable),
             "LC_rostral": "superior third of the LC slices", "LC_middle": "middle third",
             "LC_caudal": "inferior third", "CC": "crus cerebri (reference for SN and VTA)",
             "PT": "pontine tegmentum (reference for LC)"}},
