@@ -77,7 +77,16 @@ def render(s: pd.DataFrame, meta: dict) -> str:
     ]
     lines += ["## Summary: nucleus MTR against the region mean", "",
               "Both regimes pooled (`all`), and the nucleus MTR's slope within each regime.", "",
-              md_table(headline(s), {"snr": 0, "repeats": 0, "snr_effective": 1}), ""]
+              md_table(headline(s), {"snr": 0, "repeats": 0, "snr_effective": 1}), "",
+              "How to read it: the pooled slope asks whether `mtr` follows nuclei whose MTR differs by "
+              "some 20 units; the slope within a regime asks it over about 10. The `true core` rows show "
+              "what the images hold. `mtr` finds a nucleus by its distance from the line along which "
+              "the surrounding tissue's MTR falls with its MT-off signal (`measures.mtr_nucleus`); a "
+              "nucleus whose MTR lies within a few units of that line (in the `above` regime, "
+              "nucleus MTR near 38 %) is not told apart from its surroundings by an MT pair at these "
+              "SNRs, and its `mtr` then reads a tail of the surrounding tissue. The VTA search region "
+              "also holds SN voxels, which are taken when the SN deviates more; the LC is not found. "
+              "Both are marked not yet reliable for MT pairs.", ""]
     for roi in vm.TARGETS:
         g = s[s.roi == roi]
         lines += [f"## {roi}", "", md_table(g[cols], nd), ""]

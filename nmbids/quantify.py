@@ -196,9 +196,10 @@ def mt_rows(mtr_map: np.ndarray, enhancement: np.ndarray, mt_on: np.ndarray, mt_
     ``profile.tissue_mtr_fraction`` times the reference regions' median MTR), not by the
     voxel's own MTR: a threshold on the voxel's own noisy value would drop the nucleus voxels
     whose noise happened to be low, and a nucleus whose MTR lies near the threshold would read
-    high (SN at MTR 17-28: core mean 1.11 x the truth at SNR 25 with the voxel's own value, 0.99
-    with its neighbours'). The neighbour means of MTR and MT-off (``inplane_neighbour_mean``)
-    are taken over those tissue voxels.
+    high (a development cohort with SN MTR 17-28 %: the true nucleus core read 1.11 x the truth
+    at SNR 25 with fluid judged by the voxel's own value, 0.99 by its neighbours'). The
+    neighbour means of MTR and MT-off (``inplane_neighbour_mean``) are taken over those tissue
+    voxels.
 
     The rows kept from before, whose voxels are those of ``tissue_only`` (fluid by the voxel's
     own MTR): ``mtr_roimean``, the mean over the whole search region (the default ``mtr``
