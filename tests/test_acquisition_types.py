@@ -86,11 +86,16 @@ def test_fse_lc_cr_tracks_truth(mixed_run):
 
 
 def test_sn_mtr_tracks_truth(mixed_run):
+    """The nucleus MTR (the default mtr) reads the truth; the search-region mean (mtr_roimean),
+    which holds white matter too (MTR 42 %), reads high and compresses (docs/validation_mtr.md)."""
     root, out, _, _ = mixed_run
     est, true = _pairs(root, out, "MTR", "SN", "mtr", "mtr")
+    old, _ = _pairs(root, out, "MTR", "SN", "mtr_roimean", "mtr")
+    print("SN MTR true", true.round(1), "mtr", est.round(1), "mtr_roimean", old.round(1))
     assert np.corrcoef(est, true)[0, 1] > 0.7, (est, true)
-    # the search region holds white matter too (MTR 42 %): a positive bias of 3-5 points
-    assert abs(np.mean(est - true)) < 7.0, (est, true)  # percent
+    assert abs(np.mean(est - true)) < 2.0, (est, true)  # percent
+    assert np.polyfit(true, est, 1)[0] > 0.6, (est, true)
+    assert np.polyfit(true, old, 1)[0] < 0.4, (old, true)
 
 
 def _raw_header(path: Path) -> nb.Nifti1Header:

@@ -405,3 +405,44 @@ def test_noise_sd_from_one_image():
     # a voxel whose neighbourhood reaches outside the image or a NaN is not used
     img[5, 5, 0] = nan
     assert np.isfinite(m.noise_sd(img, mask))
+
+
+# --- mtr_nucleus ----------------------------------------------------------------
+
+def _line_region(deviation):
+    """11 voxels: 9 of surrounding tissue exactly on the line s = 40 - 10 t (t = 0..8), and 2
+    of nucleus at t = 4 (the mean of t, where a point does not tilt a least-squares line)
+    whose neighbour-mean MTR lies ``deviation`` off it. Own MTRs differ from the scores."""
+    t = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 4, 4], float)
+    s = 40 - 10 * t
+    s[9:] += deviation
+    m_own = np.array([41, 30, 19, 11, 0, -9, -21, -30, -41, 21, 23], float) + (deviation > 0) * 40
+    return m_own, s, t
+
+
+def test_mtr_nucleus_by_hand_both_signs():
+    # The fit through all 11 points: slope -10 (the nucleus sits at mean t), intercept
+    # shifted by 2 * deviation / 11. Residuals minus their median (a tissue voxel's): 0 for
+    # the 9 tissue voxels, ``deviation`` for the 2 nucleus voxels. n = 2 voxels (2 mm3 of
+    # 1 mm3): the side that deviates more is the nucleus's, whatever the sign, and the value
+    # is the mean of its voxels' own MTR.
+    for deviation, expected in ((-6.0, (21 + 23) / 2), (+6.0, (61 + 63) / 2)):
+        m_own, s, t = _line_region(deviation)
+        assert m.mtr_nucleus(m_own, s, t, 2.0, 1.0, min_voxels=2) == pytest.approx(expected)
+        order = np.random.default_rng(0).permutation(11)  # voxel order does not matter
+        assert m.mtr_nucleus(m_own[order], s[order], t[order], 2.0, 1.0, min_voxels=2) == pytest.approx(expected)
+
+
+def test_mtr_nucleus_nan_and_too_small_a_region():
+    m_own, s, t = _line_region(-6.0)
+    # non-finite voxels are left out: one tissue voxel's own MTR missing changes nothing here
+    m_nan = m_own.copy()
+    m_nan[0] = nan
+    assert m.mtr_nucleus(m_nan, s, t, 2.0, 1.0, min_voxels=2) == pytest.approx(22.0)
+    # 3 voxels asked for: the region must hold 4 x 3 = 12 > 11 voxels -> n/a
+    assert math.isnan(m.mtr_nucleus(m_own, s, t, 3.0, 1.0, min_voxels=2))
+    # a constant MT-off: the line is flat at the mean score
+    assert m.mtr_nucleus([10, 10, 10, 10, 10, 10, 10, 10, 50], [0] * 8 + [9], [1.0] * 9, 1.0, 1.0,
+                         min_voxels=1) == 50.0
+    with pytest.raises(ValueError):
+        m.mtr_nucleus([1, 2], [1, 2], [1], 1.0, 1.0)

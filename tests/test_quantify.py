@@ -62,16 +62,97 @@ def test_mt_rows_roi_mean_and_nm_rich_voxels():
     on, dseg, coverage = _scene()
     profile = PROFILES["MTR"]
     _, refs = quantify(on, dseg, TABLE, coverage, profile, "median", voxel_volume=1.0)
-    # MT-off: 150 in the nucleus, 200 elsewhere -> MTR 100*(150-130)/150 = 13.33 in the
-    # five NM-rich voxels, 100*(200-100)/200 = 50 in the three dim ROI voxels.
-    off = np.where(on == 130, 150.0, 200.0)
+    # MT-off 200 everywhere -> MTR 100*(200-130)/200 = 35 in the five NM-rich voxels, 50 in
+    # the three dim ROI voxels and about 50 in CC: all tissue (MTR > half of CC's).
+    off = np.full(on.shape, 200.0)
     mtr = 100 * (off - on) / off
-    rows = mt_rows(mtr, on / off, on, dseg, TABLE, coverage, profile, refs)
-    assert _value(rows, "SN", "L", "mtr") == pytest.approx((5 * 100 * 20 / 150 + 3 * 50) / 8)
-    assert _value(rows, "SN", "L", "mtr_threshold") == pytest.approx(100 * 20 / 150)
-    assert _value(rows, "SN", "L", "mt_enhancement") == pytest.approx((5 * 130 / 150 + 3 * 0.5) / 8)
-    assert _value(rows, "SN", "R", "mtr") is None
+    rows = mt_rows(mtr, on / off, on, off, dseg, TABLE, coverage, profile, refs, voxel_volume=1.0)
+    assert _value(rows, "SN", "L", "mtr_roimean") == pytest.approx((5 * 35 + 3 * 50) / 8)
+    assert _value(rows, "SN", "L", "mtr_threshold") == pytest.approx(35)
+    assert _value(rows, "SN", "L", "mt_enhancement") == pytest.approx((5 * 0.65 + 3 * 0.5) / 8)
+    # a fluid voxel (MTR 5, below half the reference regions' 50) leaves the region means
+    fluid = mtr.copy()
+    fluid[-1] = 5.0
+    rows_f = mt_rows(fluid, on / off, on, off, dseg, TABLE, coverage, profile, refs, voxel_volume=1.0)
+    assert _value(rows_f, "SN", "L", "mtr_roimean") == pytest.approx((5 * 35 + 2 * 50) / 7)
+    # the nucleus's MTR needs a search region of at least 4 x 50 voxels (50 mm3): 8 -> n/a
+    assert _value(rows, "SN", "L", "mtr") is None
+    assert _method(rows, "SN", "L", "mtr") == "neighbour_residual_top_volume"
+    assert _method(rows, "SN", "L", "mtr_roimean") == "roi_mean"
+    assert _value(rows, "SN", "R", "mtr") is None and _value(rows, "SN", "R", "mtr_roimean") is None
     assert _value(rows, "CC", "bilateral", "mtr") == pytest.approx(np.mean(mtr[:6]))
+    assert _method(rows, "CC", "bilateral", "mtr") == "roi_mean"
+
+
+def _method(rows, roi, hemi, measure):
+    return next(r["method"] for r in rows if (r["roi"], r["hemi"], r["measure"]) == (roi, hemi, measure))
+
+
+# Toy MT pair (not the phantom's numbers): signals of the MT-off image as fractions of white
+# matter's, and MTR in percent, of the tissues around a nucleus.
+TOY_OFF = {"WM": 1.00, "GM": 1.08, "CSF": 1.40}
+TOY_MTR = {"WM": 46.0, "GM": 37.0, "CSF": 4.0}
+TOY_NUCLEUS_OFF = 1.02
+
+
+def _toy_mt_pair(nucleus_mtr, noise_sd, seed):
+    """One 56 x 44 x 3 slab. SN_L: an elliptical search region whose tissue goes from white
+    matter on one side to grey matter on the other (a smooth mixture), with CSF partial
+    volume along its lower edge and a nucleus (a disc of radius 5 voxels, through all
+    slices: 11 % of the region) of MTR ``nucleus_mtr``; CC: pure white matter. Gaussian noise
+    of sd ``noise_sd`` (fraction of white matter's MT-off signal) on each image."""
+    shape = (56, 44, 3)
+    x, y = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    region = ((x - 30) / 22.0) ** 2 + ((y - 22) / 15.0) ** 2 <= 1
+    wm = np.clip((x - 8) / 44.0, 0, 1)  # white-matter fraction, the rest grey matter
+    csf = np.clip((9 - y) / 4.0, 0, 1) * region  # partial volume at the region's lower edge
+    nucleus = (x - 30) ** 2 + (y - 24) ** 2 <= 25
+    frac = {"WM": wm * (1 - csf), "GM": (1 - wm) * (1 - csf), "CSF": csf}
+    off = sum(f * TOY_OFF[t] for t, f in frac.items())
+    on = sum(f * TOY_OFF[t] * (1 - TOY_MTR[t] / 100) for t, f in frac.items())
+    off = np.where(nucleus, TOY_NUCLEUS_OFF, off)
+    on = np.where(nucleus, TOY_NUCLEUS_OFF * (1 - nucleus_mtr / 100), on)
+    dseg = np.where(region, 1, 0)
+    dseg[:6, :6] = 7  # the reference: white matter outside the region
+    off[:6, :6], on[:6, :6] = TOY_OFF["WM"], TOY_OFF["WM"] * (1 - TOY_MTR["WM"] / 100)
+    rng = np.random.default_rng(seed)
+    on3, off3 = (np.repeat(a[..., None], shape[2], axis=2) * 1000.0 for a in (on, off))
+    on3 = on3 + rng.normal(0, noise_sd * 1000.0, shape)
+    off3 = off3 + rng.normal(0, noise_sd * 1000.0, shape)
+    return on3, off3, np.repeat(dseg[..., None], shape[2], axis=2)
+
+
+def _toy_mtr(nucleus_mtr, noise_sd, seed):
+    """(mtr, mtr_roimean) of the toy's SN_L, as the pipeline measures them (mt_rows)."""
+    from nmbids import measures
+
+    on, off, dseg = _toy_mt_pair(nucleus_mtr, noise_sd, seed)
+    coverage = {("SN", "L"): 1.0, ("SN", "bilateral"): 1.0}
+    profile = PROFILES["MTR"]
+    mtr, enh = measures.mtr(on, off), measures.mt_enhancement(on, off)
+    measured = tissue_only(on, mtr, dseg, TABLE, profile)
+    _, refs = quantify(measured, dseg, TABLE, coverage, profile, "median", voxel_volume=1.0)
+    rows = mt_rows(mtr, enh, on, off, dseg, TABLE, coverage, profile, refs, voxel_volume=1.0)
+    return _value(rows, "SN", "L", "mtr"), _value(rows, "SN", "L", "mtr_roimean")
+
+
+@pytest.mark.parametrize("noise_sd", [0.01, 0.04])  # SNR 100 and 25 per image, in white matter
+def test_mtr_is_the_nucleus_not_its_search_region(noise_sd):
+    """A nucleus of known MTR below grey matter's (28 %) and one above grey and white
+    matter's (50 %), in the same search region of mixed tissue: the nucleus MTR reads each
+    within 10 % and their difference at slope 0.8-1.2 (mean of 3 noise draws), whichever side
+    of the surrounding tissue the nucleus lies; the region mean, the default before, is
+    compressed towards the surrounding tissue (about 40-42 % for both). Not asserted: a
+    nucleus that lies on the tissue line (here MTR about 40-44 %, as much MTR as tissue of
+    its MT-off signal) is not found at the higher noise (docs/validation_mtr.md)."""
+    truths = (28.0, 50.0)
+    new, old = np.array([[_toy_mtr(t, noise_sd, seed) for seed in range(3)] for t in truths]).mean(axis=1).T
+    for est, true in zip(new, truths):
+        assert abs(est - true) <= 0.10 * true, (est, true)
+    assert 0.8 <= (new[1] - new[0]) / (truths[1] - truths[0]) <= 1.2
+    # the region mean: reads the low nucleus more than 10 % high and compresses the difference
+    assert abs(old[0] - truths[0]) > 0.10 * truths[0]
+    assert (old[1] - old[0]) / (truths[1] - truths[0]) < 0.5
 
 
 def test_tissue_only_drops_fluid_of_mt_pairs():

@@ -410,6 +410,11 @@ def test_warning_rules():
     assert w.rule.startswith("not yet reliable") and "FSE VTA" in w.rule
     assert qcw.measures_row_warnings(dict(fse_vta, roi="SN")) == []
     assert qcw.measures_row_warnings(dict(fse_vta, value="n/a")) == []
+    # the MTR of an MT pair's LC and VTA too; the SN's MTR does not warn
+    mt_lc = {"acq_type": "MTR", "roi": "LC", "hemi": "L", "measure": "mtr", "value": "33.0"}
+    (w,) = qcw.measures_row_warnings(mt_lc)
+    assert w.rule.startswith("not yet reliable") and "MT-pair LC MTR" in w.rule
+    assert qcw.measures_row_warnings(dict(mt_lc, roi="SN")) == []
 
 
 # ----------------------------------------------------------------------------- browser

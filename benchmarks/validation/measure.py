@@ -23,7 +23,7 @@ from .stats import centroid_mm, shift_directions, shifted_rigid
 
 ACQ_LABEL = {"GREMT": "NM", "FSE": "FSE", "MTR": "MTR"}
 TARGETS = ("SN", "VTA", "LC")
-TRUTH_KEY = {"cr": "cr", "cr_roimean": "cr", "cr_threshold": "cr", "mtr": "mtr",
+TRUTH_KEY = {"cr": "cr", "cr_roimean": "cr", "cr_threshold": "cr", "mtr": "mtr", "mtr_roimean": "mtr",
              "mtr_threshold": "mtr", "volume_mm3": "volume_mm3"}
 METHODS = ("roi_mean", "threshold", "top_volume", "max_per_slice", "neighbour_top_volume", "neighbour_max_per_slice")
 # N4 B-spline control-point spacings compared on the NM slab (mm; None: one mesh element)

@@ -68,7 +68,8 @@ def st_icc(x: np.ndarray) -> float:
 def acq_table(pairs: pd.DataFrame) -> pd.DataFrame:
     b = pairs[(pairs.cohort == "baseline") & pairs.hemi.isin(["L", "R"])]
     rows = []
-    for acq, measure in (("GREMT", "cr"), ("FSE", "cr"), ("MTR", "mtr"), ("MTR", "mtr_threshold")):
+    for acq, measure in (("GREMT", "cr"), ("FSE", "cr"), ("MTR", "mtr"), ("MTR", "mtr_roimean"),
+                         ("MTR", "mtr_threshold")):
         for roi in ROIS:
             g = b[(b.acq_type == acq) & (b.measure == measure) & (b.roi == roi)]
             if len(g):
@@ -440,7 +441,9 @@ def render(meta: dict, t: dict, ch: dict, lc: pd.DataFrame, mr: pd.DataFrame) ->
     L.append("## Recovery by acquisition type (baseline)\n")
     L.append("![recovery](validation/recovery_by_acquisition.png)\n")
     L.append(md_table(t["recovery_by_acquisition"][["acquisition", "measure", "roi"] + cols + ["mae"]], nd))
-    L.append("\nMT pairs report MTR (percent), not CR (see methods).\n")
+    L.append("\nMT pairs report MTR (percent), not CR (see methods): `mtr` is the nucleus's MTR, "
+             "`mtr_roimean` the search-region mean (the `mtr` of runs before it). Their validation across "
+             "two truth regimes, SNR and repeats: [validation_mtr.md](validation_mtr.md).\n")
 
     L.append("## Recovery across acquisition conditions (GRE-MT, default `cr`)\n")
     L.append(f"The same {meta['plan']['n_condition']} subjects in every condition (the baseline's first "

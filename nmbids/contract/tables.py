@@ -7,7 +7,7 @@ column descriptions (``group/outputs.py``).
 """
 from __future__ import annotations
 
-from ..acquisitions import PROFILES, TOP_VOLUME_MM3
+from ..acquisitions import MTR_NUCLEUS_METHOD, MTR_TOP_VOLUME_MM3, PROFILES, TOP_VOLUME_MM3
 from .thresholds import flag_rules
 
 MEASURE_COLUMNS = ["participant_id", "session_id", "source", "acq_type", "roi", "hemi", "measure",
@@ -34,6 +34,7 @@ SNR_DESCRIPTION = ("SNR of the NM image as measured (repeats averaged, bias-corr
 def measure_levels(ref_stat: str | None = None) -> dict[str, tuple[str, str]]:
     """Every value of the ``measure`` column: (what it is, its unit)."""
     ref = f"the {ref_stat}" if ref_stat else "the statistic of column ref_stat"
+    mtr_sizes = ", ".join(f"{roi} {v:g}" for roi, v in MTR_TOP_VOLUME_MM3.items())
     return {
         "cr": ("contrast ratio with the profile's default method (see 'method'): (I - ref(R)) / ref(R)", "ratio"),
         "cr_roimean": ("mean over all ROI voxels of (I - ref(R)) / ref(R)", "ratio"),
@@ -46,8 +47,15 @@ def measure_levels(ref_stat: str | None = None) -> dict[str, tuple[str, str]]:
         "volume_mm3": ("number of ROI voxels with I > ref(R) + k*sd(R), times the voxel volume", "mm3"),
         "coverage": ("fraction of the template-space ROI inside the NM slab", "fraction"),
         "reference_value": (f"ref(R): {ref} of the reference region intensities", "a.u."),
-        "mtr": ("mean of 100 * (off - on) / off over the ROI's tissue voxels (fluid, MTR < half the "
-                "reference regions' MTR, left out)", "percent"),
+        "mtr": ("target ROIs: MTR = 100 * (off - on) / off of the nucleus found in the search region (method "
+                f"{MTR_NUCLEUS_METHOD}: the mean MTR of the tissue voxels that make up a fixed volume per side "
+                f"({mtr_sizes} mm3) and whose 8 in-plane neighbours deviate most, on one side, from the region's "
+                "line of neighbour-mean MTR against MT-off); reference regions (CC, PT): the mean over the "
+                "region's tissue voxels", "percent"),
+        "mtr_roimean": ("mean of 100 * (off - on) / off over the search region's tissue voxels (fluid, MTR < half "
+                        "the reference regions' MTR, left out): mixes the nucleus with the tissue around it and "
+                        "compresses differences between subjects (the default mtr before the nucleus was found)",
+                        "percent"),
         "mtr_threshold": ("mean of 100 * (off - on) / off over the NM-rich ROI voxels (I_on > ref(R) + k*sd(R))",
                           "percent"),
         "mt_enhancement": ("mean of on / off over the ROI's tissue voxels", "ratio"),
@@ -70,7 +78,8 @@ def measures_dictionary(ref_stat: str | None = None) -> dict:
             "SN": "substantia nigra (search region; NM-rich voxels found from the data)",
             "VTA": "ventral tegmental area; not yet reliable: " + " ".join(
                 f"{p.unreliable['VTA']}." for p in PROFILES.values() if "VTA" in p.unreliable),
-            "LC": "locus coeruleus",
+            "LC": "locus coeruleus" + "".join(f"; not yet reliable on {p.name}: {p.unreliable['LC']}"
+                                              for p in PROFILES.values() if "LC" in p.unreliable),
             "LC_rostral": "superior third of the LC slices", "LC_middle": "middle third",
             "LC_caudal": "inferior third", "CC": "crus cerebri (reference for SN and VTA)",
             "PT": "pontine tegmentum (reference for LC)"}},
@@ -89,6 +98,9 @@ def measures_dictionary(ref_stat: str | None = None) -> dict:
             "neighbour_top_volume": f"mean CR of the ROI voxels that {top_volume}, chosen by the mean of "
                                     "their 8 in-plane neighbours (the voxel itself left out), so that the "
                                     "choice does not see the noise of the values averaged",
+            MTR_NUCLEUS_METHOD: "MT pairs: mean MTR of the ROI tissue voxels that make up a fixed volume per side "
+                                "and deviate most, by the mean of their 8 in-plane neighbours, from the ROI's line "
+                                "of MTR against MT-off, on the side that deviates more (measures.mtr_nucleus)",
             "roi_mean": "mean over the whole ROI", "max_per_slice":
             "per slice, the mean of the 3 brightest ROI voxels against the slice's reference; averaged",
             "neighbour_max_per_slice": "per slice, the mean of the 3 ROI voxels with the brightest 8 in-plane "

@@ -54,9 +54,9 @@ THRESHOLDS: tuple[Threshold, ...] = (
     Threshold("snr", "QC snr", f"warn when < {SNR_MIN:g}",
               "below it the phantom validation's CR estimates read low by more than 20 % "
               "(LC, FSE): average more repeats"),
-    Threshold("unreliable", "measures rows measure cr* of a ROI its acquisition profile marks",
+    Threshold("unreliable", "measures rows measure cr* or mtr* of a ROI its acquisition profile marks",
               "warn on every value",
-              "the validation shows the value does not track the truth well (VTA)"),
+              "the validation shows the value does not track the truth well (VTA; LC MTR of MT pairs)"),
     Threshold("nm2t1w_similarity", "QC nm2t1w_similarity",
               f"warn when < {NM2T1W_SIMILARITY_MIN}",
               "the NM slab is probably misregistered to the T1w; ROIs may be misplaced "

@@ -30,7 +30,7 @@ from ..contract.exits import EXIT_DATA, EXIT_NO_INPUT, EXIT_USAGE, NmbidsError
 ROI_ORDER = ["SN", "VTA", "LC", "LC_rostral", "LC_middle", "LC_caudal", "CC", "PT"]
 HEMI_ORDER = ["L", "R", "bilateral"]
 MEASURE_ORDER = ["cr", "cr_roimean", "cr_threshold", "cnr", "volume_mm3", "coverage",
-                 "reference_value", "mtr", "mtr_threshold", "mt_enhancement"]
+                 "reference_value", "mtr", "mtr_roimean", "mtr_threshold", "mt_enhancement"]
 ACQ_ORDER = ["GREMT", "FSE", "MTR"]
 NA = "n/a"
 NA_VALUES = ["n/a", "N/A", "NaN", "nan", ""]

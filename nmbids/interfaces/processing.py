@@ -304,9 +304,8 @@ class QuantifyNM(SimpleInterface):
                            float(np.prod(template.spacing)), inferior_first(template))
         rows, refs = measure(native, in_template, table, coverage, profile, self.inputs.ref_stat)
         if mtr_arr is not None:
-            fluid = np.isnan(measured)
-            rows += mt_rows(np.where(fluid, np.nan, mtr_arr), np.where(fluid, np.nan, enh_arr), measured,
-                            labels, table, coverage, profile, refs)
+            rows += mt_rows(mtr_arr, enh_arr, image, off, labels, table, coverage, profile, refs,
+                            native.voxel_volume)
 
         ref = refs.get(profile.map_reference, {}).get("value", np.nan)
         # The CR map in template space without a third resampling: linear interpolation is

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..acquisitions import NM_N4_SPLINE_MM, TOP_VOLUME_MM3
+from ..acquisitions import MTR_TOP_VOLUME_MM3, NM_N4_SPLINE_MM, TOP_VOLUME_MM3
 from ..contract import names
 from ..outputs import atomic_write_text
 
@@ -96,7 +96,17 @@ _PARAGRAPHS = (
     "supra-threshold volume (voxels above ref(R) + k sd(R)), the LC maximum-intensity contrast "
     "per slice summarised over rostral, middle and caudal thirds {tona2017}, the fraction of "
     "each region covered by the slab and, for MT pairs, the magnetization-transfer ratio "
-    "MTR = 100 (M_off - M_on) / M_off were also computed. Voxelwise CR maps were written in "
+    "MTR = 100 (M_off - M_on) / M_off were also computed. The MTR of each nucleus was measured "
+    "where the nucleus is rather than over its whole search region, whose mean mixes the nucleus "
+    "with the tissue around it and compresses differences between subjects: within the region's "
+    "tissue (fluid, whose in-plane neighbours have less than half the reference regions' MTR, "
+    "left out), the least-squares line of the "
+    "neighbour-mean MTR against the neighbour-mean MT-off signal, along which mixtures of white "
+    "matter, grey matter and CSF lie, was fitted, and the MTR averaged over the voxels that make "
+    "up a fixed volume per side ({mtr_volumes} mm3) and deviate most from that line on the side "
+    "that deviates more; the choice is made by each voxel's 8 in-plane neighbours, the voxel "
+    "itself left out, and does not assume whether the nucleus's MTR is below or above that of "
+    "its surroundings. Voxelwise CR maps were written in "
     "template space {wengler2020}. The method, space and reference statistic behind every value are "
     "recorded in the measures table (the participant's measures TSV) and its JSON data dictionary; "
     "please report them with the results.",
@@ -146,7 +156,8 @@ def methods_boilerplate(template_name: str, version: str) -> Boilerplate:
             return f"[{order.index(key) + 1}]"
 
     cite = _Cite(version=version, template_name=template_name, nm_n4_spline_mm=NM_N4_SPLINE_MM,
-                 top_volumes=", ".join(f"{roi} {v:g}" for roi, v in TOP_VOLUME_MM3.items()))
+                 top_volumes=", ".join(f"{roi} {v:g}" for roi, v in TOP_VOLUME_MM3.items()),
+                 mtr_volumes=", ".join(f"{roi} {v:g}" for roi, v in MTR_TOP_VOLUME_MM3.items()))
     paragraphs = [text.format_map(cite) for text in _PARAGRAPHS]
     return Boilerplate(tuple(paragraphs), tuple(refs[k] for k in order))
 

@@ -49,8 +49,8 @@ def cr_implausible(value: object) -> bool:
 
 
 def unreliable_reason(row: dict[str, str]) -> str | None:
-    """Why the CR of this measures row's ROI is not yet reliable on its acquisition (the
-    profile's ``unreliable``), or None."""
+    """Why the CR (MTR for MT pairs) of this measures row's ROI is not yet reliable on its
+    acquisition (the profile's ``unreliable``), or None."""
     profile = PROFILES.get(row.get("acq_type", ""))
     return profile.unreliable.get(row.get("roi", "")) if profile else None
 
@@ -89,7 +89,7 @@ def measures_row_warnings(row: dict[str, str]) -> list[QCWarning]:
         rule = f"< {COVERAGE_MIN}"
     elif measure in CR_MEASURES and cr_implausible(row.get("value")):
         rule = f"outside {CR_MIN} .. {CR_MAX}"
-    elif measure.startswith("cr") and as_float(row.get("value")) is not None and unreliable_reason(row):
+    elif measure.startswith(("cr", "mtr")) and as_float(row.get("value")) is not None and unreliable_reason(row):
         rule = f"not yet reliable: {unreliable_reason(row)}"
     else:
         return []
