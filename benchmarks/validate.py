@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from validation import measure, report  # noqa: E402
+from validation.runs import run_participant_level, stamp  # noqa: E402
 
 AAL3 = REPO.parent / "shared" / "data" / "atlases" / "AAL3" / "tpl-MNI152NLin6Asym_res-01_atlas-AAL3_dseg.nii.gz"
 if not AAL3.exists():  # a worktree beside the main checkout: /work/<wt>/ -> /work/shared
@@ -86,17 +86,10 @@ def run_cohort(name: str, kwargs: dict, root: Path, quality: str, nprocs: int) -
         simulate_dataset(d, n_subjects=n, seed=seed, overwrite=True, **kw)
     info["simulate_s"] = round(time.time() - t0, 1)
     t1 = time.time()
-    done = d / "nmbids.rc"
-    if not (done.exists() and done.read_text().strip() == "0"):
-        exe = Path(sys.executable).with_name("nmbids")
-        cmd = [str(exe), str(d / "bids"), str(d / "out"), "participant", "-w", str(d / "work"),
-               "--registration-quality", quality, "--nprocs", str(nprocs), "--skip-bids-validation"]
-        with open(d / "nmbids.log", "w") as fh:
-            rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT)
-        done.write_text(f"{rc}\n")
-        info["ok"] = rc == 0
-        if rc != 0:
-            log(f"  nmbids exited {rc} on {name} (see {d / 'nmbids.log'})")
+    rc = run_participant_level(d, nprocs, quality)
+    info["ok"] = rc == 0
+    if rc != 0:
+        log(f"  nmbids exited {rc} on {name} (see {d / 'nmbids.log'})")
     info["nmbids_s"] = round(time.time() - t1, 1)
     return info
 
@@ -184,15 +177,9 @@ def main(argv=None) -> int:
         log("analysing")
         ran = [r["name"] for r in runs if not r.get("skipped")]
         analyse(root, ran, results, plan)
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "nmbids"],
-                               capture_output=True, text=True).stdout.strip()
         meta = {
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "elapsed_min": round((time.time() - started) / 60, 1),
+            **stamp(started),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} (shared with other jobs)",
-            "commit": commit + (" (nmbids/ modified)" if dirty else ""),
             "quick": args.quick, "registration_quality": args.registration_quality, "nprocs": args.nprocs,
             "nuclei": nuclei, "nuclei_is_aal3": nuclei != "builtin" and "AAL3" in nuclei,
             "plan": {k: v for k, v in plan.items() if k != "conditions"},

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ sys.path.insert(0, str(HERE))
 
 from validate import AAL3, log  # noqa: E402
 from validation import mtr as vm  # noqa: E402
+from validation.runs import run_participant_level, stamp  # noqa: E402
 from validation.report import md_table  # noqa: E402
 
 NAMES = {"mtr": "`mtr` (nucleus, new default)", "mtr_roimean": "`mtr_roimean` (region mean, old default)",
@@ -140,19 +140,12 @@ def main(argv=None) -> int:
             for rep in (int(x) for x in _floats(args.repeats)):
                 log(f"MT pairs: SNR {snr:g} x {rep} repeat(s): simulate, nmbids")
                 d = vm.simulate_cell(root, kwargs, snr, rep)
-                rc = vm.run_nmbids(d, args.nprocs)
+                rc = run_participant_level(d, args.nprocs)
                 if rc != 0:
                     raise SystemExit(f"nmbids exited {rc} on {d} (see {d / 'nmbids.log'})")
                 frames.append(vm.cell_values(d, snr, rep))
         pd.concat(frames, ignore_index=True).to_csv(results / "mtr_values.tsv", sep="\t", index=False)
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "nmbids"],
-                               capture_output=True, text=True).stdout.strip()
-        meta = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                    elapsed_min=round((time.time() - t0) / 60, 1), n_subjects=args.n,
-                    commit=commit + (" (nmbids/ modified)" if dirty else ""), nuclei=nuclei,
-                    aal3=nuclei != "builtin" and "AAL3" in nuclei)
+        meta = dict(stamp(t0), n_subjects=args.n, nuclei=nuclei, aal3=nuclei != "builtin" and "AAL3" in nuclei)
         (results / "mtr_run.json").write_text(json.dumps(meta, indent=1))
     meta = json.loads((results / "mtr_run.json").read_text())
     values = pd.read_csv(results / "mtr_values.tsv", sep="\t")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,18 +24,11 @@ sys.path.insert(0, str(HERE))
 from validate import AAL3, log  # noqa: E402
 from validation import measure, snr_sweep as sw  # noqa: E402
 from validation.report import md_table  # noqa: E402
+from validation.runs import run_participant_level, stamp  # noqa: E402
 
 
 def run_base(d: Path, nprocs: int) -> None:
-    done = d / "nmbids.rc"
-    if done.exists() and done.read_text().strip() == "0":
-        return
-    exe = Path(sys.executable).with_name("nmbids")
-    cmd = [str(exe), str(d / "bids"), str(d / "out"), "participant", "-w", str(d / "work"),
-           "--registration-quality", "fast", "--nprocs", str(nprocs), "--skip-bids-validation"]
-    with open(d / "nmbids.log", "w") as fh:
-        rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT)
-    done.write_text(f"{rc}\n")
+    rc = run_participant_level(d, nprocs)
     if rc != 0:
         raise SystemExit(f"nmbids exited {rc} on the SNR sweep's base cohort (see {d / 'nmbids.log'})")
 
@@ -111,14 +103,7 @@ def main(argv=None) -> int:
             rows += sw.measure_level(base / "out", level, snr, meas)
         sweep = sw.with_truth(pd.DataFrame(rows), json.loads((base / "truth.json").read_text()))
         sweep.to_csv(results / "snr_sweep_values.tsv", sep="\t", index=False)
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "nmbids"],
-                               capture_output=True, text=True).stdout.strip()
-        meta = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                    elapsed_min=round((time.time() - t0) / 60, 1), n_subjects=args.n,
-                    commit=commit + (" (nmbids/ modified)" if dirty else ""),
-                    aal3=nuclei != "builtin" and "AAL3" in nuclei)
+        meta = dict(stamp(t0), n_subjects=args.n, aal3=nuclei != "builtin" and "AAL3" in nuclei)
         (results / "snr_sweep_run.json").write_text(json.dumps(meta, indent=1))
     meta = json.loads((results / "snr_sweep_run.json").read_text())
     sweep = pd.read_csv(results / "snr_sweep_values.tsv", sep="\t")

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nb
@@ -72,19 +70,6 @@ def simulate_cell(root: Path, kwargs: dict, snr: float, repeats: int) -> Path:
         n, seed = kw.pop("n_subjects"), kw.pop("seed")
         simulate_dataset(d, n_subjects=n, seed=seed, overwrite=True, snr=snr * math.sqrt(repeats), **kw)
     return d
-
-
-def run_nmbids(d: Path, nprocs: int, quality: str = "fast") -> int:
-    done = d / "nmbids.rc"
-    if done.exists() and done.read_text().strip() == "0":
-        return 0
-    exe = Path(sys.executable).with_name("nmbids")
-    cmd = [str(exe), str(d / "bids"), str(d / "out"), "participant", "-w", str(d / "work"),
-           "--registration-quality", quality, "--nprocs", str(nprocs), "--skip-bids-validation"]
-    with open(d / "nmbids.log", "w") as fh:
-        rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT)
-    done.write_text(f"{rc}\n")
-    return rc
 
 
 def _remeasured(out: Path, root: Path, sub: str, ses: str, acq: dict) -> list[dict]:
