@@ -1,7 +1,7 @@
 """Reading nmbids outputs of phantom cohorts, matching them with truth.json, and measuring
 again from the written images (other reference statistics and CR methods, template space,
 a deliberately shifted NM -> T1w transform, other bias fields) with the functions the
-pipeline itself calls (``nmbids.registration``, ``nmbids.quantify.measure`` and ``quantify``)."""
+pipeline itself calls (``nmbids.registration``, ``nmbids.roi_measures.measure_rois`` and ``measure_grid``)."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +16,7 @@ import pandas as pd
 
 from nmbids import measures as m
 from nmbids.acquisitions import DEFAULT_REF_STAT, PROFILES, REF_STATS
-from nmbids.quantify import Grid, measure, quantify
+from nmbids.roi_measures import Grid, measure_grid, measure_rois
 from nmbids.registration import inferior_first, n4_field, realign_repeats
 
 from .stats import centroid_mm, shift_directions, shifted_rigid
@@ -128,13 +128,13 @@ def measure_variants(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, cove
                      acq_type: str, voxel_volume: float, inferior_first: bool,
                      stats=REF_STATS, methods=METHODS) -> list[dict]:
     """CR of every target ROI and hemisphere for each reference statistic and CR method,
-    computed by ``nmbids.quantify.quantify`` with the acquisition's profile (the method
+    computed by ``nmbids.roi_measures.measure_grid`` with the acquisition's profile (the method
     swapped in).  Rows: stat, method, roi, hemi, value (also ``default`` rows: the profile's
     own ``cr`` and ``volume_mm3``)."""
     rows = []
     for stat in stats:
         for method in (None,) + tuple(methods):
-            out, _ = quantify(nm, dseg, table, coverage, _profile(acq_type, method), stat, voxel_volume,
+            out, _ = measure_grid(nm, dseg, table, coverage, _profile(acq_type, method), stat, voxel_volume,
                               slice_axis=2, inferior_first=inferior_first)
             for r in out:
                 if r["roi"] not in TARGETS:
@@ -208,7 +208,7 @@ def bias_correction(out: Path, root: Path, sub: str, ses: str, acq: dict, meas: 
 
     The repeats are realigned and averaged again from the raw images as the pipeline does
     (``realign_repeats``), then divided by each N4 field (``n4_field(spline_mm=...)``) or by
-    the true field, and measured by ``quantify`` with the acquisition's profile and the
+    the true field, and measured by ``measure_grid`` with the acquisition's profile and the
     pipeline's ROIs. Rows per field and ROI (SN, LC; bilateral): ``field_error`` = mean of
     estimated/true field over the ROI divided by its median over the ROI's reference region,
     minus 1 (the relative error the field leaves in the ROI-to-reference ratio), and ``value``
@@ -236,7 +236,7 @@ def bias_correction(out: Path, root: Path, sub: str, ses: str, acq: dict, meas: 
     vox, first = float(np.prod(mean.spacing)), inferior_first(mean)  # the grid of repeat 1, as the pipeline's
     rows = []
     for label, est in fields.items():
-        res, _ = quantify(raw / np.maximum(est, 1e-6), dseg, table, cov, profile, DEFAULT_REF_STAT, vox,
+        res, _ = measure_grid(raw / np.maximum(est, 1e-6), dseg, table, cov, profile, DEFAULT_REF_STAT, vox,
                           slice_axis=2, inferior_first=first)
         cr = {r["roi"]: r["value"] for r in res if r["measure"] == "cr" and r["hemi"] == "bilateral"}
         q = est / true_field
@@ -323,7 +323,7 @@ def misregistration(out: Path, sub: str, ses: str, acq_type: str, meas: pd.DataF
                 # ROIs measured in template space see the NM image pushed through the shifted rigid
                 slab = push_nm_to_template(ones, atlas, xfm, path).numpy() > 0.5
                 tnm = np.where(slab, push_nm_to_template(nm_img, atlas, xfm, path).numpy(), np.nan)
-                res, _ = measure(Grid(nm, dseg, vox, inferior_first(nm_img)),
+                res, _ = measure_rois(Grid(nm, dseg, vox, inferior_first(nm_img)),
                                  Grid(tnm[box], atlas_arr[box], tvox, inferior_first(atlas)),
                                  table, cov, PROFILES[acq_type], DEFAULT_REF_STAT)
                 for r in res:

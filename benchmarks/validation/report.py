@@ -484,7 +484,7 @@ def render(meta: dict, t: dict, ch: dict, lc: pd.DataFrame, mr: pd.DataFrame) ->
 
     L.append("\n\n## Choices compared\n")
     L.append("Each variant is computed from the images the run wrote, with the functions the pipeline "
-             "calls (`nmbids.quantify.quantify` with the acquisition profile, the method or reference "
+             "calls (`nmbids.roi_measures.measure_grid` with the acquisition profile, the method or reference "
              "statistic swapped). `r`/`bias`/`slope`: baseline cohort against truth; `icc`: test–retest "
              "cohort (GRE-MT only). A choice's score is the mean of its r and ICC; the default is kept unless "
              f"another beats it by more than {st.TOLERANCE:g}, the spread of the scores between two runs "

@@ -7,7 +7,7 @@ anatomy, slab placement, motion and bias field are the same, and so is the noise
 to its scale (``nmbids-simulate`` draws the same normal deviates). The images of each SNR are
 realigned and bias-corrected with the pipeline's functions (``align_repeats``, ``n4_field``
 at ``NM_N4_SPLINE_MM``) using the first 1, 2 or 3 repeats, and measured with
-``nmbids.quantify.measure`` on the ROIs and transforms the pipeline wrote for the base run (the
+``nmbids.roi_measures.measure_rois`` on the ROIs and transforms the pipeline wrote for the base run (the
 same grid, so the same ROIs). What changes between cells is only the noise: the registrations
 are those of the base SNR (a limitation: at SNR 8 the pipeline's own registrations would be
 noisier too).
@@ -25,7 +25,7 @@ import pandas as pd
 
 from nmbids.acquisitions import DEFAULT_REF_STAT, NM_N4_SPLINE_MM, PROFILES
 from nmbids.measures import icc_2_1
-from nmbids.quantify import Grid, measure, qc_snr
+from nmbids.roi_measures import Grid, measure_rois, qc_snr
 from nmbids.registration import align_repeats, inferior_first, n4_field, push_nm_to_template
 
 from . import stats as st
@@ -108,7 +108,7 @@ def measure_level(base_out: Path, level_root: Path, snr: float, meas: pd.DataFra
                 slab = push_nm_to_template(ones, atlas, xfm, str(f["rigid"])).numpy() > 0.5
                 tnm = np.where(slab, push_nm_to_template(nm, atlas, xfm, str(f["rigid"])).numpy(), np.nan)
                 in_template = Grid(tnm[box], atlas_arr[box], float(np.prod(atlas.spacing)), inferior_first(atlas))
-            res, refs = measure(Grid(nm.numpy(), dseg, float(np.prod(nm.spacing)), inferior_first(nm)),
+            res, refs = measure_rois(Grid(nm.numpy(), dseg, float(np.prod(nm.spacing)), inferior_first(nm)),
                                 in_template, table, cov, profile, DEFAULT_REF_STAT)
             q = qc_snr(refs, profile.map_reference)
             for r in res:

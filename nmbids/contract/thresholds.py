@@ -14,7 +14,7 @@ COVERAGE_MIN = 0.5
 #: Largest displacement between repeats (QC motion_max_mm), in mm. Above about one
 #: and a half voxels of a typical 1.5-3 mm NM slice, averaging repeats blurs the nuclei.
 MOTION_MAX_MM = 1.5
-#: SNR of the measured NM image (QC snr, unitless; quantify.qc_snr) below which the CR
+#: SNR of the measured NM image (QC snr, unitless; roi_measures.qc_snr) below which the CR
 #: estimates drift: on the SNR sweep (docs/validation_snr.md) LC CR read 0.70-0.76 of the
 #: truth at image SNR 12.6-14 (0.83-0.88 above 20) and FSE SN 0.49-0.76 at 7-13.
 SNR_MIN = 15.0

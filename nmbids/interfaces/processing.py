@@ -1,6 +1,6 @@
 """Thin nipype interfaces around the ANTsPy registration and the measures.
 
-Each interface reads files, calls plain functions (``registration``, ``quantify``) and writes
+Each interface reads files, calls plain functions (``registration``, ``roi_measures``) and writes
 files in its own node folder; nipype caches them, so a re-run with the same work directory
 resumes where it stopped.
 """
@@ -264,7 +264,7 @@ class QuantifyNM(SimpleInterface):
 
         from .. import measures
         from ..acquisitions import PROFILES
-        from ..quantify import Grid, measure, mt_rows, qc_snr, region_masks, tissue_only
+        from ..roi_measures import Grid, measure_rois, mt_rows, qc_snr, region_masks, tissue_only
         from ..registration import inferior_first, pull_atlas_to_nm, push_nm_to_template
         from ..templates import get_template
 
@@ -302,7 +302,7 @@ class QuantifyNM(SimpleInterface):
         native = Grid(measured, labels, float(np.prod(nm.spacing)), inferior_first(nm))
         in_template = Grid(np.where(slab_tpl, nm_tpl, np.nan)[box], atlas_arr[box],
                            float(np.prod(template.spacing)), inferior_first(template))
-        rows, refs = measure(native, in_template, table, coverage, profile, self.inputs.ref_stat)
+        rows, refs = measure_rois(native, in_template, table, coverage, profile, self.inputs.ref_stat)
         if mtr_arr is not None:
             rows += mt_rows(mtr_arr, enh_arr, image, off, labels, table, coverage, profile, refs,
                             native.voxel_volume)

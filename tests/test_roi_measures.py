@@ -1,4 +1,4 @@
-"""quantify: which voxels each measure sees, against hand-computed values."""
+"""roi_measures: which voxels each measure sees, against hand-computed values."""
 import dataclasses
 
 import numpy as np
@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from nmbids.acquisitions import PROFILES
-from nmbids.quantify import Grid, measure, mt_rows, quantify, tissue_only
+from nmbids.roi_measures import Grid, measure_grid, measure_rois, mt_rows, tissue_only
 
 TABLE = pd.DataFrame({"index": range(1, 10),
                       "roi": ["SN", "SN", "VTA", "VTA", "LC", "LC", "CC", "CC", "PT"],
@@ -27,12 +27,12 @@ def _value(rows, roi, hemi, measure):
     return hits[0]
 
 
-def test_quantify_sn_by_hand():
+def test_measure_grid_sn_by_hand():
     nm, dseg, coverage = _scene()
     # the brightest voxels (top_volume), whose values this strip makes easy to count by hand
     profile = dataclasses.replace(PROFILES["GREMT"], cr_method={"SN": "top_volume", "VTA": "top_volume",
                                                                 "LC": "max_per_slice"})
-    rows, refs = quantify(nm, dseg, TABLE, coverage, profile, "median", voxel_volume=2.0)
+    rows, refs = measure_grid(nm, dseg, TABLE, coverage, profile, "median", voxel_volume=2.0)
     # reference: median of CC = 100, sd (ddof=1) of [98,100,102]*2 = sqrt(8*2/5) = 1.7889
     assert refs["CC"]["value"] == pytest.approx(100.0)
     assert refs["CC"]["sd"] == pytest.approx(np.sqrt(16 / 5))
@@ -44,7 +44,7 @@ def test_quantify_sn_by_hand():
     # 10 mm3 = the five brightest voxels (130) -> 0.30; 12 mm3 = six -> (5*0.3 + 0) / 6
     for volume, expected in ((10.0, 0.30), (12.0, 0.25)):
         small = dataclasses.replace(profile, top_volume_mm3={"SN": volume})
-        r, _ = quantify(nm, dseg, TABLE, coverage, small, "median", voxel_volume=2.0)
+        r, _ = measure_grid(nm, dseg, TABLE, coverage, small, "median", voxel_volume=2.0)
         assert _value(r, "SN", "L", "cr") == pytest.approx(expected)
         assert next(x for x in r if x["roi"] == "SN" and x["hemi"] == "L" and x["measure"] == "cr")["method"] \
             == "top_volume"
@@ -61,7 +61,7 @@ def test_quantify_sn_by_hand():
 def test_mt_rows_roi_mean_and_nm_rich_voxels():
     on, dseg, coverage = _scene()
     profile = PROFILES["MTR"]
-    _, refs = quantify(on, dseg, TABLE, coverage, profile, "median", voxel_volume=1.0)
+    _, refs = measure_grid(on, dseg, TABLE, coverage, profile, "median", voxel_volume=1.0)
     # MT-off 200 everywhere -> MTR 100*(200-130)/200 = 35 in the five NM-rich voxels, 50 in
     # the three dim ROI voxels and about 50 in CC: all tissue (MTR > half of CC's).
     off = np.full(on.shape, 200.0)
@@ -131,7 +131,7 @@ def _toy_mtr(nucleus_mtr, noise_sd, seed):
     profile = PROFILES["MTR"]
     mtr, enh = measures.mtr(on, off), measures.mt_enhancement(on, off)
     measured = tissue_only(on, mtr, dseg, TABLE, profile)
-    _, refs = quantify(measured, dseg, TABLE, coverage, profile, "median", voxel_volume=1.0)
+    _, refs = measure_grid(measured, dseg, TABLE, coverage, profile, "median", voxel_volume=1.0)
     rows = mt_rows(mtr, enh, on, off, dseg, TABLE, coverage, profile, refs, voxel_volume=1.0)
     return _value(rows, "SN", "L", "mtr"), _value(rows, "SN", "L", "mtr_roimean")
 
@@ -177,7 +177,7 @@ def test_fse_lc_slice_profile_thirds():
         nm[3, 1, z] = 0.0
     coverage = {("LC", "L"): 1.0, ("LC", "bilateral"): 1.0}
     profile = dataclasses.replace(PROFILES["FSE"], cr_method={"LC": "max_per_slice"})
-    rows, _ = quantify(nm, dseg, TABLE, coverage, profile, "median", voxel_volume=1.0)
+    rows, _ = measure_grid(nm, dseg, TABLE, coverage, profile, "median", voxel_volume=1.0)
     # slices 0..5 run inferior -> superior: caudal = mean(0.1, 0.2), middle = mean(0.3, 0.4),
     # rostral = mean(0.5, 0.6); the whole-LC value is the mean over slices = 0.35
     assert _value(rows, "LC_caudal", "L", "cr") == pytest.approx(0.15)
@@ -205,7 +205,7 @@ def test_default_cr_chooses_voxels_by_their_neighbours():
     nm, dseg, coverage = _noise_spike_scene()
     profile = dataclasses.replace(PROFILES["GREMT"], top_volume_mm3={"SN": 1.0})  # min_voxels = 5 voxels
     assert profile.cr_method["SN"] == "neighbour_top_volume"
-    rows, _ = quantify(nm, dseg, TABLE, coverage, profile, "median", voxel_volume=1.0)
+    rows, _ = measure_grid(nm, dseg, TABLE, coverage, profile, "median", voxel_volume=1.0)
     # scores: the nucleus centre (4, 2) 120, its 4 edge-middles 112.5, the spike's neighbours
     # 110, the spike itself 100: the 5 chosen are nucleus voxels of 120 -> CR 0.2
     cr = next(r for r in rows if (r["roi"], r["hemi"], r["measure"]) == ("SN", "L", "cr"))
@@ -224,7 +224,7 @@ def test_default_lc_cr_chooses_voxels_by_their_neighbours():
     dseg = np.repeat(dseg, 3, axis=2)
     profile = PROFILES["FSE"]
     assert profile.cr_method["LC"] == "neighbour_max_per_slice"
-    rows, _ = quantify(nm, dseg, TABLE, coverage, profile, "median", voxel_volume=1.0)
+    rows, _ = measure_grid(nm, dseg, TABLE, coverage, profile, "median", voxel_volume=1.0)
     # scores: centre (4,2) 120; the edge-middles (3 nucleus neighbours of 120 + 2 + 3 of 100)
     # 112.5, corners 107.5, the spike's neighbours at most 110: the top 3 are all 120
     assert _value(rows, "LC", "L", "cr") == pytest.approx(0.2)
@@ -245,7 +245,7 @@ def test_measure_takes_each_roi_from_the_space_its_profile_names():
     coverage = {(roi, hemi): 1.0 for roi in ("SN", "VTA") for hemi in ("L", "bilateral")}
     profile = dataclasses.replace(PROFILES["GREMT"], cr_method={"SN": "roi_mean", "VTA": "roi_mean"},
                                   measure_space={"VTA": "template"})
-    rows, refs = measure(Grid(native, native_labels, 1.0), Grid(tpl, tpl_labels, 1.0), TABLE, coverage,
+    rows, refs = measure_rois(Grid(native, native_labels, 1.0), Grid(tpl, tpl_labels, 1.0), TABLE, coverage,
                          profile, "median")
     assert _value(rows, "SN", "L", "cr") == pytest.approx(0.3)
     assert _value(rows, "VTA", "L", "cr") == pytest.approx(0.2)
@@ -257,4 +257,4 @@ def test_measure_takes_each_roi_from_the_space_its_profile_names():
     assert _value(rows, "CC", "bilateral", "reference_value") == pytest.approx(100.0)
     assert refs["CC"]["value"] == pytest.approx(100.0)
     with pytest.raises(ValueError, match="template space"):
-        measure(Grid(native, native_labels, 1.0), None, TABLE, coverage, profile, "median")
+        measure_rois(Grid(native, native_labels, 1.0), None, TABLE, coverage, profile, "median")

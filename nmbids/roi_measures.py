@@ -41,17 +41,17 @@ class Grid:
     inferior_first: bool = True  # the third axis runs inferior → superior (slice order)
 
 
-def measure(native: Grid, template: Grid | None, table: pd.DataFrame, coverage: dict,
+def measure_rois(native: Grid, template: Grid | None, table: pd.DataFrame, coverage: dict,
             profile: AcquisitionProfile, ref_stat: str) -> tuple[list[dict], dict]:
     """The rows of every target ROI, each measured in the space its profile names
     (``profile.space_of``): on the native NM grid, or on the NM image in template space
     with the template's regions (``template``, needed only when a ROI is measured there).
 
-    Returns ``(rows, refs)`` like ``quantify``; the reference rows and ``refs`` are the
+    Returns ``(rows, refs)`` like ``measure_grid``; the reference rows and ``refs`` are the
     native ones (template-space ROIs use the template's reference regions, not repeated).
     """
     spaces = {roi: profile.space_of(roi) for roi in profile.references}
-    rows, refs = quantify(native.image, native.labels, table, coverage, profile, ref_stat, native.voxel_volume,
+    rows, refs = measure_grid(native.image, native.labels, table, coverage, profile, ref_stat, native.voxel_volume,
                           inferior_first=native.inferior_first,
                           rois=[r for r, s in spaces.items() if s == "native"])
     in_template = [r for r, s in spaces.items() if s == "template"]
@@ -59,14 +59,14 @@ def measure(native: Grid, template: Grid | None, table: pd.DataFrame, coverage: 
         if template is None:
             raise ValueError(f"{profile.name}: {', '.join(in_template)} are measured in template space; "
                              "no template-space image was given")
-        trows, _ = quantify(template.image, template.labels, table, coverage, profile, ref_stat,
+        trows, _ = measure_grid(template.image, template.labels, table, coverage, profile, ref_stat,
                             template.voxel_volume, inferior_first=template.inferior_first,
                             rois=in_template, space="template")
         rows += [r for r in trows if r["measure"] != "reference_value"]
     return rows, refs
 
 
-def quantify(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage: dict,
+def measure_grid(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage: dict,
              profile: AcquisitionProfile, ref_stat: str, voxel_volume: float,
              slice_axis: int = 2, inferior_first: bool = True, rois=None,
              space: str = "native") -> tuple[list[dict], dict]:
@@ -187,7 +187,7 @@ def mt_rows(mtr_map: np.ndarray, enhancement: np.ndarray, mt_on: np.ndarray, mt_
             voxel_volume: float, slice_axis: int = 2) -> list[dict]:
     """MTR and MT-enhancement rows of an MT pair, all arrays on the MT-on grid as computed
     (``measures.mtr``, ``measures.mt_enhancement``, the MT-on and realigned MT-off images; fluid
-    not yet removed). ``voxel_volume`` in mm³; ``refs`` is the second value of ``quantify``.
+    not yet removed). ``voxel_volume`` in mm³; ``refs`` is the second value of ``measure_grid``.
 
     ``mtr`` (method ``neighbour_residual_top_volume``) is the MTR of the nucleus, not of its
     search region: ``measures.mtr_nucleus`` over the region's tissue voxels, the profile's
