@@ -1,4 +1,5 @@
-"""The header facts of derivative images (images.derivative_image / finish_image): integer
+"""The header facts of derivative images (images.derivative_image / finish_image /
+save_ants_image): integer
 labels with unit scaling, MNI xform codes in template space, the source's codes in native
 space, mm and no time unit for 3-D images; voxel values and the affine unchanged."""
 from __future__ import annotations
@@ -11,7 +12,7 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from nmbids.images import derivative_image, finish_image, label_dtype, template_xform_code
+from nmbids.images import derivative_image, finish_image, label_dtype, save_ants_image, template_xform_code
 
 ROTATED = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
 
@@ -121,3 +122,26 @@ def test_4d_image_keeps_its_time_unit(tmp_path):
 def test_non_integer_labels_are_refused():
     with pytest.raises(ValueError, match="whole numbers"):
         derivative_image(nb.Nifti1Image(np.array([[[0.5, 1.0]]], np.float32), np.eye(4)), labels=True)
+
+
+@pytest.mark.parametrize("facts", [dict(space="MNI152NLin2009cAsym"), dict(labels=True)])
+def test_save_ants_image_writes_what_write_then_finish_writes(tmp_path, facts):
+    """One compression instead of two: the same voxels and the same header, no file left."""
+    ants = pytest.importorskip("ants")
+    data = np.rint(np.random.default_rng(1).random((6, 7, 8)) * 5)
+    img = ants.from_numpy(data.astype(np.float32), origin=(1.5, -2.25, 3.125), spacing=(0.8, 0.8, 1.5),
+                          direction=ROTATED)
+    two_step = tmp_path / "a" / "img.nii.gz"
+    two_step.parent.mkdir()
+    img.to_file(str(two_step))
+    finish_image(two_step, **facts)
+    once = tmp_path / "b" / "img.nii.gz"
+    once.parent.mkdir()
+    save_ants_image(img, once, **facts)
+    assert sorted(p.name for p in once.parent.iterdir()) == ["img.nii.gz"]
+    a, b = nb.load(str(two_step)), nb.load(str(once))
+    assert a.get_data_dtype() == b.get_data_dtype()
+    assert np.array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj))
+    ha, hb = raw_header(two_step), raw_header(once)
+    differ = {k for k in ha.keys() if not np.array_equal(ha[k], hb[k], equal_nan=k.startswith("scl"))}
+    assert differ == set()

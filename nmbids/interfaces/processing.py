@@ -26,10 +26,9 @@ def _write(img, path: str, **facts) -> str:
     """Write an ANTs image, then give it the header of a derivative (``images.derivative_image``:
     ``space`` for template space, ``source`` for the native image whose xform codes it keeps,
     ``labels`` for a dseg)."""
-    from ..images import finish_image
+    from ..images import save_ants_image
 
-    img.to_file(path)
-    finish_image(path, **facts)
+    save_ants_image(img, path, **facts)
     return path
 
 
