@@ -296,6 +296,20 @@ def test_builtin_atlas_is_rebuilt_after_a_cit168_run(built, tmp_path, template):
     assert np.array_equal(np.asarray(nb.load(str(nii)).dataobj), build_atlas(template)[0])
 
 
+def test_validation_skips_cit168_without_its_files(tmp_path, monkeypatch, capsys):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import validate_snr
+
+    monkeypatch.setenv(cit.ENV_DIR, str(tmp_path / "none"))
+    assert validate_snr.main(["--atlas", "cit168", "--out", str(tmp_path / "v"), "--docs", str(tmp_path / "docs")]) == 0
+    out = capsys.readouterr()
+    assert "--atlas cit168 skipped: CIT168 files not found" in out.out + out.err
+    assert str(tmp_path / "none" / "pauli_2017") in out.out + out.err
+    assert not (tmp_path / "docs").exists() and not list(tmp_path.glob("v*"))
+
+
 # ---- end to end ----------------------------------------------------------------------------------
 
 @pytest.mark.slow
