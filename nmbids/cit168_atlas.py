@@ -142,10 +142,10 @@ def assign_regions(probs: dict, x_mm, index: dict, threshold: float = THRESHOLD)
     stack = np.stack([np.asarray(probs[r], np.float32) for r in rois])
     best, top = stack.argmax(0), stack.max(0)
     x = np.asarray(x_mm, np.float64)
-    keep = (top >= threshold) & (np.abs(x) > 1e-6)
+    keep = top >= threshold
     out = np.zeros(stack.shape[1:], np.int16)
     for i, roi in enumerate(rois):
-        for hemi, side in (("L", x < 0), ("R", x > 0)):
+        for hemi, side in (("L", x < 0), ("R", x > 0)):  # x = 0: neither
             out[keep & (best == i) & side] = index[(roi, hemi)]
     return out
 

@@ -71,12 +71,9 @@ def built(tmp_path_factory, template):
     """The atlas prepare_atlas writes for --atlas cit168 from the synthetic files."""
     tmp = tmp_path_factory.mktemp("cit168")
     data = write_cit168(tmp / "data")
-    old = os.environ.get(cit.ENV_DIR)
-    os.environ[cit.ENV_DIR] = str(data)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(cit.ENV_DIR, str(data))
         nii, tsv = prepare_atlas(tmp / "out", template, "cit168")
-    finally:
-        os.environ.pop(cit.ENV_DIR) if old is None else os.environ.__setitem__(cit.ENV_DIR, old)
     img = nb.load(str(nii))
     table = pd.read_csv(tsv, sep="\t")
     side = json.loads(names.atlas_sidecar(tmp / "out", template.name).read_text())
@@ -282,14 +279,12 @@ def test_boilerplate_cites_pauli_only_with_cit168():
     assert "built-in search regions" in "\n".join(builtin.paragraphs)
 
 
-def test_builtin_atlas_is_rebuilt_after_a_cit168_run(built, tmp_path, template):
+def test_builtin_atlas_is_rebuilt_after_a_cit168_run(built, tmp_path, template, monkeypatch):
     """A builtin run into an output folder that holds a CIT168 atlas does not reuse it."""
     out = tmp_path / "out"
-    os.environ[cit.ENV_DIR] = str(built["data"])
-    try:
-        prepare_atlas(out, template, "cit168")
-    finally:
-        os.environ.pop(cit.ENV_DIR)
+    monkeypatch.setenv(cit.ENV_DIR, str(built["data"]))
+    prepare_atlas(out, template, "cit168")
+    monkeypatch.delenv(cit.ENV_DIR)
     nii, tsv = prepare_atlas(out, template, None)
     assert set(pd.read_csv(tsv, sep="\t")[ATLAS_COLUMN]) == {"builtin"}
     assert json.loads(names.atlas_sidecar(out, template.name).read_text())["Atlas"] == "builtin"
