@@ -158,10 +158,11 @@ def _volume(img, k: int, path: Path):
     except Exception as err:  # a truncated or corrupt file
         raise NmbidsError(f"--atlas cit168: cannot read volume {k + 1} of {path}: {err}", code=EXIT_USAGE) from None
     vol = np.nan_to_num(vol, nan=0.0)
-    if vol.max(initial=0.0) > 1.0 + 1e-3 or vol.min(initial=0.0) < -1e-3:
+    # probabilities, give or take interpolation ringing; percentages or labels are refused
+    if vol.max(initial=0.0) > 1.5 or vol.min(initial=0.0) < -0.5:
         raise NmbidsError(f"--atlas cit168: {path} volume {k + 1} holds values outside 0-1: not a probability map",
                           code=EXIT_USAGE)
-    return vol
+    return np.clip(vol, 0.0, 1.0)
 
 
 def build_cit168_atlas(template, files: CIT168Files | None = None):
@@ -202,7 +203,7 @@ def build_cit168_atlas(template, files: CIT168Files | None = None):
     probs = {}
     for roi, parts in COMPOSITION.items():
         p = np.zeros(xyz.shape[1], np.float32)
-        for part in parts:
+        for part in sorted(parts, key=names.index):  # in file order: a .gz is read forwards
             vol = _volume(img, names.index(part), files.prob)
             p += map_coordinates(vol, src, order=1, mode="constant", cval=0.0, prefilter=False)
         probs[roi] = np.clip(p, 0.0, 1.0)
