@@ -14,6 +14,11 @@
 #                       TEMPLATEFLOW_HOME. 0: bake only TemplateFlow's offline skeleton; nmbids
 #                       then uses the MNI152 2009a template that nilearn ships (space label
 #                       MNI152NLin2009aSym). Nothing is ever downloaded at run time.
+#   WITH_CIT168         1 (default): download the CIT168 subcortical atlas (Pauli et al. 2018,
+#                       Sci Data 5:180063, CC BY 4.0) with nilearn's fetch_atlas_pauli_2017 at
+#                       build time into /opt/cit168 (NMBIDS_CIT168_DIR), for `--atlas cit168`.
+#                       0: no CIT168; `--atlas cit168` then stops with exit code 64 and the
+#                       built-in ROIs (the default) work as ever. Nothing is downloaded at run time.
 #   PIP_CERT            path of a CA bundle for pip/requests inside the build (for builds behind
 #                       a TLS-intercepting proxy, with the bundle mounted with `-v`); unused if empty.
 #   VERSION             recorded in the image labels (.ci/container.sh passes nmbids.__version__).
@@ -93,6 +98,22 @@ assert all(f.stat().st_size > 0 for f in files)"; \
     chmod -R a+rwX /home/nmbids; \
     chmod 1777 /home/nmbids
 
+# CIT168 (for --atlas cit168): nilearn's fetcher writes /opt/cit168/pauli_2017/
+# pauli_2017_prob.nii.gz and labels.txt. The folder exists (empty) when WITH_CIT168=0.
+ARG WITH_CIT168=1
+RUN set -eux; \
+    if [ -n "${PIP_CERT}" ]; then export REQUESTS_CA_BUNDLE="${PIP_CERT}"; fi; \
+    mkdir -p /opt/cit168; \
+    if [ "${WITH_CIT168}" = "1" ]; then \
+        /opt/nmbids/bin/python -c "from nilearn.datasets import fetch_atlas_pauli_2017; \
+print(fetch_atlas_pauli_2017(data_dir='/opt/cit168').maps)"; \
+        test -s /opt/cit168/pauli_2017/pauli_2017_prob.nii.gz; \
+        test -s /opt/cit168/pauli_2017/labels.txt; \
+    else \
+        echo "WITH_CIT168=0: no CIT168 atlas in the image; --atlas cit168 will stop with exit code 64"; \
+    fi; \
+    chmod -R a+rX,go-w /opt/cit168
+
 # nmbids itself (no dependency resolution: everything is pinned above).
 COPY . /src
 RUN set -eux; \
@@ -101,10 +122,13 @@ RUN set -eux; \
     /opt/nmbids/bin/pip check; \
     /opt/nmbids/bin/pip uninstall -y pip setuptools; \
     /opt/nmbids/bin/nmbids --version; \
-    /opt/nmbids/bin/python -c "from nmbids.templates import get_template; t = get_template(); print('default template:', t.name, t.source)"
+    /opt/nmbids/bin/python -c "from nmbids.templates import get_template; t = get_template(); print('default template:', t.name, t.source)"; \
+    if [ "${WITH_CIT168}" = "1" ]; then \
+        NMBIDS_CIT168_DIR=/opt/cit168 /opt/nmbids/bin/python -c "from nmbids.cit168_atlas import locate; print('CIT168:', locate())"; \
+    fi
 
 ########################################################################################
-# runtime: the interpreter, the venv and the baked templates; no compilers, no pip.
+# runtime: the interpreter, the venv, the baked templates and CIT168; no compilers, no pip.
 FROM base AS runtime
 ARG VERSION=""
 # Any UID may run the image (`-u $(id -u)`, Singularity): HOME is world-writable when the root
@@ -118,6 +142,7 @@ ENV PATH=/opt/nmbids/bin:${PATH} \
     MPLBACKEND=Agg \
     TEMPLATEFLOW_HOME=/opt/templateflow \
     TEMPLATEFLOW_AUTOUPDATE=0 \
+    NMBIDS_CIT168_DIR=/opt/cit168 \
     NIPYPE_NO_ET=1 \
     NO_ET=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -11,7 +11,7 @@ NPROCS ?= 2
 help:
 	@echo "make demo   - simulate a small phantom dataset and run nmbids on it (participant + group)"
 	@echo "make test   - install what is missing and run the test suite"
-	@echo "make validate - regenerate docs/validation.md, docs/validation_snr.md and docs/validation_mtr.md from phantom cohorts (about 60 min on 2 cores)"
+	@echo "make validate - regenerate docs/validation.md, docs/validation_snr.md and docs/validation_mtr.md from phantom cohorts (about 60 min on 2 cores), and docs/validation_snr_cit168.md where the CIT168 atlas is installed"
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,7 @@ test-fast: venv
 validate: venv
 	$(BIN)/python benchmarks/validate.py
 	$(BIN)/python benchmarks/validate_snr.py
+	$(BIN)/python benchmarks/validate_snr.py --atlas cit168
 	$(BIN)/python benchmarks/validate_mtr.py
 
 clean:

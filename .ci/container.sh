@@ -7,7 +7,10 @@
 # isolation) from a local Debian bookworm minbase made by debootstrap, a stand-in for the
 # public python:3.11-slim-bookworm base (the Dockerfile installs Debian's python3 into it).
 # TemplateFlow's S3 host is not reachable from CI, so the image is built with
-# FETCH_TEMPLATEFLOW=0 and nmbids runs on nilearn's packaged MNI152 2009a template.
+# FETCH_TEMPLATEFLOW=0 and nmbids runs on nilearn's packaged MNI152 2009a template. Nor is
+# osf.io, where nilearn's fetch_atlas_pauli_2017 downloads the CIT168 atlas from: the image is
+# built with WITH_CIT168=0 (no CIT168; `--atlas cit168` would stop with exit code 64, and the
+# stage runs with the built-in ROIs, the default).
 #
 # Environment knobs:
 #   NMBIDS_CI_CACHE=/var/cache/nmbids-ci   where the base rootfs tarball is kept between runs
@@ -139,6 +142,7 @@ build_image() {
     local args=(--layers --force-rm --isolation chroot --network host "${extra[@]}"
         --build-arg BASE_IMAGE="$BASE_IMAGE"
         --build-arg FETCH_TEMPLATEFLOW=0
+        --build-arg WITH_CIT168=0
         --build-arg VERSION="$VERSION")
     # The builder stage is tagged too, so that pruning dangling images below keeps its cached
     # layers (the dependencies) for the next run; the second call reuses them at once.

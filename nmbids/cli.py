@@ -139,8 +139,8 @@ def _check_paths(args) -> None:
                           code=EXIT_CANTCREAT) from None
     args.bids_dir, args.output_dir, args.work_dir = bids_dir, output_dir, work
     for name in ("use_plugin", "bids_filter_file", "atlas", "bids_database_dir", "exclude"):  # relative to
-        if getattr(args, name, None):                                                        # the caller's folder
-            setattr(args, name, getattr(args, name).absolute())
+        if isinstance(getattr(args, name, None), Path):                                      # the caller's folder
+            setattr(args, name, getattr(args, name).absolute())                              # (not a keyword)
     # Nipype returns to the starting folder after every node: start from one that is sure to
     # exist and stay (a container's working dir may be missing or vanish under a tmpfs).
     if processes:
@@ -203,7 +203,7 @@ def _load_filters(path: Path | None) -> dict:
 
 
 def _participant(args, run_id: str, command: str) -> int:
-    from .atlas import prepare_atlas
+    from .atlas import atlas_name, check_atlas, prepare_atlas
     from .bids import check_label, discover, strip_prefix
     from .outputs import write_dataset_description
     from .schedule import plan_resources, run_all
@@ -211,6 +211,14 @@ def _participant(args, run_id: str, command: str) -> int:
 
     if args.reports_only:
         return _reports_only(args)
+    atlas_problem = None
+    if not args.boilerplate_only:  # an atlas that cannot be had stops the run before any work
+        try:
+            check_atlas(args.atlas)
+        except NmbidsError as err:
+            if not args.dry_run:
+                raise
+            atlas_problem = err  # a dry run reports it after what it found
     filters = _load_filters(args.bids_filter_file)
     if args.use_plugin:  # a broken plugin file is a usage error before any work, not a crash later
         from .plugin import read_plugin_file
@@ -225,20 +233,20 @@ def _participant(args, run_id: str, command: str) -> int:
     plans = discover(args.bids_dir, labels or None, sessions or None, filters, args.bids_database_dir)
     has_nm = any(nm for pl in plans.values() for s in pl for nm in s.nm)
     if args.dry_run:
-        return _dry_run(args, plans, has_nm)
+        return _dry_run(args, plans, has_nm, atlas_problem)
     try:
         template = get_template(args.template)
     except LookupError as err:
         raise NmbidsError(str(err), code=EXIT_NO_INPUT) from None
     from .reports.participant import write_citation
     if args.boilerplate_only:
-        path = write_citation(args.output_dir, template.name, __version__)
+        path = write_citation(args.output_dir, template.name, __version__, atlas_name(args.atlas))
         print(path.read_text())
         LOG.info("methods text: %s", path)
         return EXIT_OK if has_nm else EXIT_NO_FILES
     write_dataset_description(args.output_dir, args.bids_dir)
     atlas, atlas_table = prepare_atlas(args.output_dir, template, args.atlas)
-    write_citation(args.output_dir, template.name, __version__)
+    write_citation(args.output_dir, template.name, __version__, atlas_name(args.atlas))
 
     if not has_nm:
         raise NmbidsError(no_nm_line(plans), code=EXIT_NO_FILES)
@@ -291,14 +299,20 @@ def final_line(plans: dict, outcomes: dict, done: int, output_dir: Path) -> str:
             f"({ses_skip} session(s), {nm_skip} NM image(s) skipped); outputs in {output_dir}")
 
 
-def _dry_run(args, plans, has_nm: bool) -> int:
+def _dry_run(args, plans, has_nm: bool, atlas_problem: NmbidsError | None = None) -> int:
+    """Print what discovery found, then every problem that would stop the run; the atlas's
+    (a usage error) decides the exit code over "no NM images"."""
     from .dryrun import describe
 
     for line in describe(plans, args.bids_dir):
         print(line)
         LOG.debug("dry run: %s", line)  # the log file keeps what was shown
-    if not has_nm:
-        raise NmbidsError(no_nm_line(plans), code=EXIT_NO_FILES)
+    problems = [p for p in (None if has_nm else NmbidsError(no_nm_line(plans), code=EXIT_NO_FILES),
+                            atlas_problem) if p is not None]
+    for problem in problems[:-1]:
+        LOG.error(problem.line())
+    if problems:
+        raise problems[-1]
     return EXIT_OK
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import __version__
+from .atlas import atlas_name
 from .bids import NM_NAMING_HINT, SessionPlan
 from .contract import names
 from .contract.exits import EXIT_DATA, EXIT_FAILURE, EXIT_NO_INPUT, EXIT_OK
@@ -165,6 +166,8 @@ def run_participant(participant: str, plans: list[SessionPlan], *, bids_dir: Pat
         "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "random_seed": {"registration": SEED if seed is None else seed},
         "template": {"name": template.name, "source": template.source},
+        "atlas": {"name": atlas_name(getattr(options, "atlas", None)),
+                  "sidecar": names.atlas_sidecar(output_dir, template.name).relative_to(output_dir).as_posix()},
         "software": _versions(),
         "sessions": sessions,
         "errors": errors + [{"session_id": outcome.where.get(m, ("n/a", "n/a"))[0],

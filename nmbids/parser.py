@@ -8,6 +8,8 @@ from pathlib import Path
 from . import __version__
 from .contract import exits
 from .acquisitions import DEFAULT_REF_STAT, REF_STATS
+from .atlas import atlas_choice
+from .cit168_atlas import ENV_DIR as CIT168_ENV_DIR
 
 # --mem: a bare number is GB (as MRIQC's --mem-gb); one this large is surely fMRIPrep's MB
 MEM_SURELY_MB = 1000
@@ -90,9 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--template", default=None,
                    help="template space (default: MNI152NLin2009cAsym when cached by TemplateFlow, "
                         "else the MNI152NLin2009aSym that ships with nilearn)")
-    g.add_argument("--atlas", type=Path, metavar="DSEG",
-                   help="a user ROI label image in the template space, with a TSV beside it "
-                        "(same name, .tsv) with columns index, name, roi, hemi, kind")
+    g.add_argument("--atlas", type=atlas_choice, default=None, metavar="{builtin,cit168,DSEG}",
+                   help="the ROIs: 'builtin' (default: nmbids' search regions from published coordinates), "
+                        "'cit168' (SN and VTA from the CIT168 atlas, Pauli et al. 2018, when its files are "
+                        f"installed: the containers bake them in, else ${CIT168_ENV_DIR} or nilearn's data "
+                        "folder; LC and reference regions built in; missing files: exit 64), or a user ROI "
+                        "label image in the template space with a TSV beside it (same name, .tsv) with "
+                        "columns index, name, roi, hemi, kind (a file named cit168: ./cit168)")
     g.add_argument("--ref-stat", choices=REF_STATS, default=DEFAULT_REF_STAT,
                    help=f"statistic of the reference region for contrast ratios (default: {DEFAULT_REF_STAT})")
     g.add_argument("--registration-quality", choices=("default", "fast"), default="default",

@@ -110,7 +110,7 @@ PARTICIPANT = {
     "bids_dir": "bids", "output_dir_name": "out", "analysis_level": "participant",
     "participant_label": ["01", "sub-02"], "session_label": ["1"], "work_dir": "work",
     "nprocs": 2, "omp_nthreads": 1, "mem": 4, "skip_bids_validation": True, "ref_stat": "median",
-    "registration_quality": "fast", "notrack": True,
+    "registration_quality": "fast", "notrack": True, "atlas_name": "cit168",
 }
 GROUP = {
     # bosh substitutes [OUTPUT_DIR] from output_dir_name only (CBRAIN uses either input)
@@ -128,6 +128,7 @@ def test_simulate_participant(tmp_path):
     assert str(args.work_dir) == "work" and args.nprocs == 2 and args.omp_nthreads == 1
     assert args.mem == 4 and args.skip_bids_validation and args.ref_stat == "median"
     assert args.registration_quality == "fast" and args.notrack
+    assert args.atlas == "cit168"  # the atlas by name and the label image share --atlas
 
 
 def test_simulate_group(tmp_path):

@@ -10,8 +10,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_participant_level(d: Path, nprocs: int, quality: str = "fast") -> int:
-    """Run ``nmbids d/bids d/out participant`` (work dir ``d/work``, log ``d/nmbids.log``).
+def run_participant_level(d: Path, nprocs: int, quality: str = "fast", extra: tuple = ()) -> int:
+    """Run ``nmbids d/bids d/out participant`` (work dir ``d/work``, log ``d/nmbids.log``),
+    with the options ``extra`` besides.
 
     Returns its exit code. The code is kept in ``d/nmbids.rc``, and a cohort whose last run
     exited 0 is not run again, so an interrupted validation resumes where it stopped.
@@ -21,7 +22,7 @@ def run_participant_level(d: Path, nprocs: int, quality: str = "fast") -> int:
         return 0
     exe = Path(sys.executable).with_name("nmbids")
     cmd = [str(exe), str(d / "bids"), str(d / "out"), "participant", "-w", str(d / "work"),
-           "--registration-quality", quality, "--nprocs", str(nprocs), "--skip-bids-validation"]
+           "--registration-quality", quality, "--nprocs", str(nprocs), "--skip-bids-validation", *extra]
     with open(d / "nmbids.log", "w") as fh:
         rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT)
     done.write_text(f"{rc}\n")

@@ -25,7 +25,7 @@ EXIT_MEANINGS = {
     EXIT_VALIDATION: "the dataset failed BIDS validation (see --skip-bids-validation)",
     EXIT_UNKNOWN_LEVEL: "unknown analysis level",
     EXIT_NO_FILES: "the selection found no NM images",
-    EXIT_USAGE: "command-line usage error",
+    EXIT_USAGE: "command-line usage error (also: --atlas cit168 without the CIT168 files)",
     EXIT_DATA: "bad input data (an image or table that cannot be used)",
     EXIT_NO_INPUT: "a required input is missing",
     EXIT_CANTCREAT: "cannot create the output or work directory",

@@ -256,6 +256,12 @@ def atlas_paths(output_dir: Path, space: str) -> tuple[Path, Path]:
     return stem.with_suffix(".nii.gz"), stem.with_suffix(".tsv")
 
 
+def atlas_sidecar(output_dir: Path, space: str) -> Path:
+    """The run's atlas sidecar (JSON beside the label image): which atlas produced each region
+    (``builtin``, ``cit168``, ``user``), from which files."""
+    return sidecar(atlas_paths(output_dir, space)[0])
+
+
 def atlas_space(path: Path) -> str | None:
     """The template space of an atlas image named by ``atlas_paths`` (its ``tpl-`` entity)."""
     m = re.match(r"^tpl-([A-Za-z0-9]+)_atlas-nmbids_dseg\.nii(\.gz)?$", Path(path).name)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..acquisitions import MTR_TOP_VOLUME_MM3, NM_N4_SPLINE_MM, TOP_VOLUME_MM3
+from ..cit168_atlas import CITATION as CIT168_CITATION, THRESHOLD as CIT168_THRESHOLD
 from ..contract import names
 from ..outputs import atomic_write_text
 
@@ -53,6 +54,23 @@ _REFS = {
                    "doi:10.1016/j.neuroimage.2019.116457",
     "scott1992": "Scott DW. Multivariate Density Estimation: Theory, Practice, and Visualization. "
                  "New York: Wiley; 1992.",
+    "pauli2018": CIT168_CITATION,
+}
+
+# What the methods text says about the regions, per atlas (``atlas.atlas_name``); nothing for
+# an unknown atlas (a report of a run from before the atlas was recorded).
+_ATLASES = {
+    "builtin": (" The SN, VTA and LC regions were nmbids' built-in search regions, placed in template "
+                "space from published coordinates; the NM-rich voxels within them were found from the "
+                "data (below)."),
+    "cit168": (" SN and VTA were taken from the CIT168 probabilistic atlas of subcortical nuclei "
+               "{pauli2018}: SN as the substantia nigra pars compacta, VTA as the ventral tegmental area "
+               "together with the parabrachial pigmented nucleus, each where its probability, "
+               "trilinearly resampled to the template, was at least {cit168_threshold:g} (a voxel reaching "
+               "both going to the larger), split into left and right at the midsagittal plane; LC and the "
+               "reference regions were nmbids' built-in regions, placed in template space from published "
+               "coordinates."),
+    "user": " The regions were taken from a user-supplied label image in template space.",
 }
 
 _TEMPLATES = {
@@ -81,7 +99,7 @@ _PARAGRAPHS = (
     "registered to the T1w image with a rigid transform; template-space regions of interest "
     "(substantia nigra, SN; ventral tegmental area, VTA; locus coeruleus, LC) and reference "
     "regions (crus cerebri, CC; pontine tegmentum, PT) were brought into the native NM space by "
-    "composing the inverse T1w-to-template transform with the inverse NM-to-T1w transform.",
+    "composing the inverse T1w-to-template transform with the inverse NM-to-T1w transform.{atlas}",
 
     "Measures. The contrast ratio CR = (I - ref(R)) / ref(R) was computed with the reference "
     "region R being the crus cerebri for SN and VTA and the pontine tegmentum for LC "
@@ -136,8 +154,9 @@ class Boilerplate:
         return f"# Methods\n\n{body}\n\n## References\n\n{refs}\n"
 
 
-def methods_boilerplate(template_name: str, version: str) -> Boilerplate:
-    """Build the methods text for ``template_name`` and nmbids ``version``."""
+def methods_boilerplate(template_name: str, version: str, atlas: str | None = None) -> Boilerplate:
+    """Build the methods text for ``template_name``, nmbids ``version`` and the run's ``atlas``
+    (``builtin``, ``cit168``, ``user``; None: the regions' origin is not stated)."""
     refs = dict(_REFS)
     refs["nmbids"] = f"nmbids developers. nmbids: a BIDS App for neuromelanin-sensitive MRI, version {version}."
     order: list[str] = []
@@ -149,6 +168,8 @@ def methods_boilerplate(template_name: str, version: str) -> Boilerplate:
         def __missing__(self, key: str) -> str:
             if key == "template":
                 return template.format_map(self)
+            if key == "atlas":
+                return _ATLASES.get(atlas or "", "").format_map(self)
             if key not in refs:
                 raise KeyError(key)
             if key not in order:
@@ -156,13 +177,14 @@ def methods_boilerplate(template_name: str, version: str) -> Boilerplate:
             return f"[{order.index(key) + 1}]"
 
     cite = _Cite(version=version, template_name=template_name, nm_n4_spline_mm=NM_N4_SPLINE_MM,
+                 cit168_threshold=CIT168_THRESHOLD,
                  top_volumes=", ".join(f"{roi} {v:g}" for roi, v in TOP_VOLUME_MM3.items()),
                  mtr_volumes=", ".join(f"{roi} {v:g}" for roi, v in MTR_TOP_VOLUME_MM3.items()))
     paragraphs = [text.format_map(cite) for text in _PARAGRAPHS]
     return Boilerplate(tuple(paragraphs), tuple(refs[k] for k in order))
 
 
-def write_citation(output_dir: Path, template_name: str, version: str) -> Path:
+def write_citation(output_dir: Path, template_name: str, version: str, atlas: str | None = None) -> Path:
     """Write ``OUTPUT_DIR/logs/CITATION.md`` (atomically) and return its path."""
     path = names.citation(output_dir)
-    return atomic_write_text(path, methods_boilerplate(template_name, version).markdown())
+    return atomic_write_text(path, methods_boilerplate(template_name, version, atlas).markdown())

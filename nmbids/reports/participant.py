@@ -367,7 +367,8 @@ def _build(b: _Builder) -> dict[str, Any]:
             crashes.append({"name": _rel(path, b.root), "text": text[-CRASH_MAX_CHARS:], "truncated": truncated})
 
     software = (summary or {}).get("software") or {}
-    methods = methods_boilerplate(template_name or space or "unknown", _s((summary or {}).get("version"), __version__))
+    methods = methods_boilerplate(template_name or space or "unknown", _s((summary or {}).get("version"), __version__),
+                                  _atlas_name(b.root, summary, space))
     return {
         "participant_id": b.sub,
         "summary": _summary_view(summary, run_dir, b.root),
@@ -396,6 +397,17 @@ def _summary_view(summary: dict | None, run_dir: Path | None, root: Path) -> dic
         view["command"] = " ".join(map(str, summary["command"]))
     view["log_dir"] = _rel(run_dir, root) if run_dir else NA
     return view
+
+
+def _atlas_name(root: Path, summary: dict | None, space: str | None) -> str | None:
+    """The run's atlas (builtin, cit168, user) as summary.json records it, else as the atlas
+    sidecar in OUTPUT_DIR/atlas says; None when neither does."""
+    from ..atlas import recorded_atlas
+
+    info = (summary or {}).get("atlas")
+    if isinstance(info, dict) and isinstance(info.get("name"), str):
+        return info["name"]
+    return recorded_atlas(root, space) if space else None
 
 
 def _guess_space(sub_dir: Path) -> str | None:
