@@ -120,7 +120,7 @@ def run_participant(participant: str, plans: list[SessionPlan], *, bids_dir: Pat
                     work_dir: Path, template, atlas: Path, atlas_table: Path, options, run_id: str,
                     command: str) -> Outcome:
     """Process one participant end to end and write its derivatives and report."""
-    from .plugin import configure_nipype, plugin_settings
+    from .plugin import configure_nipype, plugin_settings, preload_step_modules
 
     outcome = Outcome(participant)
     sub = f"sub-{participant}"
@@ -141,7 +141,9 @@ def run_participant(participant: str, plans: list[SessionPlan], *, bids_dir: Pat
                                  omp_nthreads=getattr(options, "omp_nthreads", None) or 1,
                                  random_seed=getattr(options, "random_seed", None))
         try:
-            wf.run(**plugin_settings(options))
+            settings = plugin_settings(options)
+            preload_step_modules(settings)
+            wf.run(**settings)
         except Exception as err:  # node failures are read from the records and crash files below
             LOG.debug("workflow for %s ended with %s", sub, traceback.format_exc())
             if not _is_node_failure(err):  # not a node failure: the scheduler, a plugin

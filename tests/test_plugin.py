@@ -100,3 +100,16 @@ def test_multiproc_yaml_runs_a_phantom(tmp_path, monkeypatch):
     assert code == 0
     assert seen == [("MultiProc", {"n_procs": 2, "maxtasksperchild": 1, "raise_insufficient": False})]
     assert (out / "sub-01" / "anat" / "sub-01_desc-nm_measures.tsv").is_file()
+
+
+def test_ants_is_imported_before_forking_workers_only():
+    """MultiProc/Linear graphs get ANTsPy imported in the scheduling process (its forked
+    workers then skip the import); batch plugins, whose jobs are other processes, do not."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom nmbids.plugin import preload_step_modules\n"
+            "preload_step_modules({'plugin': 'SLURM'}); print('ants' in sys.modules)\n"
+            "preload_step_modules({'plugin': 'MultiProc', 'plugin_args': {}}); print('ants' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"]
