@@ -229,6 +229,7 @@ class _Builder:
             if n_procs > 1 and len(self.queue) > 1 and _can_fork():
                 import multiprocessing
 
+                _figures()  # imported before the fork: the workers inherit matplotlib and nilearn
                 # fork: the workers inherit the queue (its drawing closures cannot be pickled)
                 with multiprocessing.get_context("fork").Pool(min(n_procs, len(self.queue))) as pool:
                     results = pool.map(_draw_one, range(len(self.queue)), chunksize=1)
