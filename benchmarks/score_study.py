@@ -1,0 +1,426 @@
+"""Study of the selection scores of the noise-independent CR estimators (no pipeline change).
+
+    python benchmarks/score_study.py prepare [--geometry main|alt] [--n N]
+    python benchmarks/score_study.py cache   [--geometry main|alt]
+    python benchmarks/score_study.py score   [--geometry main|alt]
+    python benchmarks/score_study.py report
+
+The machinery is the SNR sweep's (``validation/snr_sweep.py``): one phantom cohort (AAL3 nuclei)
+is run through ``nmbids participant`` at SNR 25 for its ROIs and transforms, and simulated again
+with the same seed at every SNR. ``cache`` realigns each level's repeats once (``align_repeats``)
+and stores, cropped around the labelled region, the realigned repeats, the N4 field of the mean
+of the first k repeats (k = 1..K, ``n4_field`` at ``NM_N4_SPLINE_MM``) and the ROI labels, so that
+scoring never re-simulates nor re-registers. ``score`` then measures, for every candidate score,
+the CR of SN and VTA (``cr_top_volume``, the profile's volume) and LC (``slice_max_cr``) on the
+native grid, against the reference of the k-repeat mean image (mode, as the pipeline).
+
+Candidate scores (each leaves the voxel's own noise out):
+
+* ``nb8``: ``inplane_neighbour_mean``, the current score (8 in-plane neighbours).
+* ``g<s>``: leave-one-out in-plane Gaussian, sigma s mm (0.5, 0.75, 1.0): weights
+  w_ij = exp(-d_ij^2 / (2 s^2)) over the in-plane offsets within 3 s, w_ii = 0, renormalised
+  over the finite voxels.
+* ``g3d<s>``: the same with through-plane offsets weighted by the Gaussian in mm (so a 2.5 mm
+  slice gets exp(-2.5^2 / 2 s^2), nearly nothing).
+* ``xrep`` (k >= 2): per repeat j, s_i^(j) = [sum_{r != j} sum_{v in {i} u N8(i)} I_v^(r)
+  + sum_{v in N8(i)} I_v^(j)] / (9 (k - 1) + 8); the value is I_i^(j); in each repeat the
+  voxels are chosen by s^(j) and their own-repeat values averaged; the CR is that average over
+  repeats (all selected values pooled, the same count per repeat) against the reference of the
+  k-repeat mean image (the pipeline's, the least noisy). Pooling values before the CR or
+  averaging per-repeat CRs is the same thing here since the reference is common. At k = 1 it is
+  ``nb8``. ``xrep_g0.75``: the same with the 3 x 3 box replaced by the sigma 0.75 mm Gaussian
+  (centre weight 1 in the other repeats, 0 in its own).
+
+Decision rule, fixed before the numbers were looked at: a candidate is recommended only if,
+against ``nb8``, it improves the worst-cell SN ratio and the SN between-SNR spread on BOTH
+acquisitions, lowers no SN/LC ICC by more than 0.02 nor r at SNR >= 14 by more than 0.02,
+pushes no cell above 1.15, and holds on the second geometry (``--geometry alt``: GRE-MT and FSE
+at 0.7 mm in plane, 2.0 / 3.0 mm slices, SNR 8, 14 and 25, 1 repeat, 5 subjects).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ants
+import nibabel as nb
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from validate import AAL3, log  # noqa: E402
+from validation import measure as vm, snr_sweep as sw, stats as st  # noqa: E402
+
+from nmbids import measures as m  # noqa: E402
+from nmbids.acquisitions import DEFAULT_REF_STAT, NM_N4_SPLINE_MM, PROFILES  # noqa: E402
+from nmbids.quantify import region_masks  # noqa: E402
+from nmbids.registration import align_repeats, n4_field  # noqa: E402
+
+ROOT = REPO / "validation-work" / "score-study"
+GEOMETRIES = {
+    "main": dict(snrs=sw.SNRS, repeats=sw.REPEATS, n=5, kwargs={}),
+    # a second geometry: coarser pixels, thicker slices, about the same slab extent
+    "alt": dict(snrs=(8.0, 14.0, 25.0), repeats=(1,), n=5,
+                kwargs=dict(nm_inplane=0.7, nm_slice=2.0, nm_slices=20, fse_slice=3.0, fse_slices=12, repeats=1)),
+}
+SIGMAS = (0.5, 0.75, 1.0)
+MARGIN_MM = 4.0  # crop margin beyond the labels: > 3 sigma of the widest kernel
+ROIS = ("SN", "VTA", "LC")
+
+
+def cohort_kwargs(geometry: str, n: int) -> dict:
+    nuclei = str(AAL3) if AAL3.exists() else "builtin"
+    kw = sw.cohort(nuclei, n_subjects=n)
+    kw.update(GEOMETRIES[geometry]["kwargs"])
+    return kw
+
+
+# ---------------------------------------------------------------- candidate scores
+
+def gaussian_kernel(spacing, sigma_mm: float, through_plane: bool) -> np.ndarray:
+    """Leave-one-out Gaussian weights on the voxel grid (slice axis 2), centre 0."""
+    rad = [int(np.floor(3 * sigma_mm / s)) for s in spacing[:2]]
+    rz = int(np.floor(3 * sigma_mm / spacing[2])) if through_plane else 0
+    ax = [np.arange(-r, r + 1) * s for r, s in zip(rad + [rz], spacing)]
+    dx, dy, dz = np.meshgrid(*ax, indexing="ij")
+    w = np.exp(-(dx ** 2 + dy ** 2 + dz ** 2) / (2 * sigma_mm ** 2))
+    w[tuple(len(a) // 2 for a in ax)] = 0.0
+    return w
+
+
+def weighted_loo(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """sum_j w_ij I_j / sum_j w_ij over finite j (kernel centre 0): NaN where no weight."""
+    finite = np.isfinite(image)
+    tot = ndimage.correlate(np.where(finite, image, 0.0), kernel, mode="constant", cval=0.0)
+    cnt = ndimage.correlate(finite.astype(float), kernel, mode="constant", cval=0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(cnt > 1e-12, tot / np.maximum(cnt, 1e-12), np.nan)
+
+
+def cross_repeat_scores(reps: list, kernel_own: np.ndarray) -> list:
+    """Per repeat j: weighted mean of the other repeats' voxel and neighbours (kernel with its
+    centre set to 1) and its own repeat's neighbours (kernel, centre 0)."""
+    full = kernel_own.copy()
+    full[tuple(s // 2 for s in full.shape)] = 1.0
+    own_tot = [ndimage.correlate(r, kernel_own, mode="constant", cval=0.0) for r in reps]
+    all_tot = [ndimage.correlate(r, full, mode="constant", cval=0.0) for r in reps]
+    ones = np.ones(reps[0].shape)
+    own_cnt = ndimage.correlate(ones, kernel_own, mode="constant", cval=0.0)
+    all_cnt = ndimage.correlate(ones, full, mode="constant", cval=0.0)
+    k = len(reps)
+    out = []
+    for j in range(k):
+        tot = own_tot[j] + sum(all_tot[r] for r in range(k) if r != j)
+        out.append(tot / (own_cnt + (k - 1) * all_cnt))
+    return out
+
+
+def box8() -> np.ndarray:
+    k = np.ones((3, 3, 1))
+    k[1, 1, 0] = 0.0
+    return k
+
+
+# ---------------------------------------------------------------- measuring
+
+def cr_rows(nm: np.ndarray, values: list, scores: list, dseg: np.ndarray, table: pd.DataFrame,
+            cov: dict, profile, vox: float) -> list[dict]:
+    """CR of SN, VTA (top volume) and LC (slice max) per hemisphere (L, R). ``nm`` is the
+    k-repeat mean image (references); ``values``/``scores`` lists of images of equal length:
+    in image j the voxels are chosen by scores[j] and values[j] averaged; pooled over j."""
+    masks = region_masks(dseg, table)
+    out = []
+    refs = {}
+    for ref_roi in set(profile.references.values()):
+        refs[ref_roi] = m.reference_value(nm[masks[(ref_roi, "bilateral")]], DEFAULT_REF_STAT,
+                                          min_voxels=profile.min_voxels)
+    for roi in ROIS:
+        ref_roi = profile.references[roi]
+        ref = refs[ref_roi]
+        for hemi in ("L", "R"):
+            c = cov.get((roi, hemi), np.nan)
+            if (roi, hemi) not in masks or not (np.isfinite(c) and c >= profile.min_coverage) or not np.isfinite(ref):
+                out.append(dict(roi=roi, hemi=hemi, value=np.nan))
+                continue
+            mask = masks[(roi, hemi)]
+            if roi == "LC":
+                refmask = masks[(ref_roi, "bilateral")]
+                per = []
+                for v, s in zip(values, scores):
+                    hybrid = np.where(mask, v, nm)  # the ROI's values from image j, references from the mean
+                    per.append(m.slice_max_cr(hybrid, mask, refmask, axis=2, stat=DEFAULT_REF_STAT,
+                                              min_voxels=profile.min_voxels, scores=s))
+                prof = np.mean(per, axis=0)  # same ref_s in every j: mean of CR_s = CR of mean
+                fin = prof[np.isfinite(prof)]
+                val = float(fin.mean()) if fin.size >= 3 else np.nan
+            else:
+                vol = profile.top_volume_of(roi)
+                per = [m.cr_top_volume(v[mask], ref, vol, vox, profile.min_voxels, scores=s[mask])
+                       for v, s in zip(values, scores)]
+                val = float(np.mean(per))
+            out.append(dict(roi=roi, hemi=hemi, value=val))
+    return out
+
+
+# ---------------------------------------------------------------- stages
+
+def gdir(geometry: str) -> Path:
+    return ROOT / geometry
+
+
+def prepare(geometry: str, n: int, nprocs: int) -> None:
+    import validate_snr as vs
+
+    g = GEOMETRIES[geometry]
+    kw = cohort_kwargs(geometry, n)
+    base = sw.simulate_level(gdir(geometry), kw, sw.BASE_SNR)
+    log(f"{geometry}: base cohort through nmbids")
+    vs.run_base(base, nprocs)
+    for snr in g["snrs"]:
+        sw.simulate_level(gdir(geometry), kw, snr)
+
+
+def cache(geometry: str) -> None:
+    """Realigned repeats, N4 fields of the k-repeat means and labels, cropped, per level."""
+    g = GEOMETRIES[geometry]
+    base_out = gdir(geometry) / f"snr-{sw.BASE_SNR:g}" / "out"
+    meas = vm.load_measures(base_out)
+    for snr in g["snrs"]:
+        level = gdir(geometry) / f"snr-{snr:g}"
+        truth = json.loads((level / "truth.json").read_text())
+        cdir = gdir(geometry) / "cache" / f"snr-{snr:g}"
+        cdir.mkdir(parents=True, exist_ok=True)
+        for sub, ses, acq in vm.truth_acqs(truth):
+            acq_type = acq["acq_type"]
+            if acq_type not in ("GREMT", "FSE"):
+                continue
+            dest = cdir / f"{sub}_{ses}_{acq_type}.npz"
+            if dest.exists():
+                continue
+            t0 = time.time()
+            f = vm.session_files(base_out, sub, ses, acq_type)
+            dseg = np.asanyarray(nb.load(str(f["dseg"])).dataobj).astype(int)
+            repeats = sw._repeats(level, acq)
+            with tempfile.TemporaryDirectory() as tmp:
+                aligned = align_repeats(repeats, f"{tmp}/rep_")[0] if len(repeats) > 1 else [repeats[0].numpy()]
+            sp = np.asarray(repeats[0].spacing, float)
+            nz = np.nonzero(dseg)
+            box = []
+            for ax in range(3):
+                mg = int(np.ceil(MARGIN_MM / sp[ax])) if ax < 2 else dseg.shape[2]
+                box.append(slice(max(0, int(nz[ax].min()) - mg), int(nz[ax].max()) + 1 + mg))
+            box = tuple(box)
+            fields = []
+            for k in g["repeats"]:
+                mean = repeats[0].new_image_like(np.mean(aligned[:k], axis=0).astype(np.float32))
+                fields.append(np.maximum(n4_field(mean, spline_mm=NM_N4_SPLINE_MM).numpy(), 1e-6)[box])
+            np.savez(dest, reps=np.stack([a[box] for a in aligned]).astype(np.float32),
+                     fields=np.stack(fields).astype(np.float32), dseg=dseg[box], spacing=sp,
+                     ks=np.asarray(g["repeats"]))
+            log(f"  cache {geometry} SNR {snr:g} {sub} {ses} {acq_type}: {time.time() - t0:.1f} s")
+
+
+def candidates(geometry: str) -> list[str]:
+    names = ["nb8"] + [f"g{s:g}" for s in SIGMAS] + [f"g3d{s:g}" for s in SIGMAS]
+    if max(GEOMETRIES[geometry]["repeats"]) > 1:
+        names += ["xrep", "xrep_g0.75"]
+    return names
+
+
+def score_images(name: str, reps: list, field: np.ndarray, spacing) -> tuple[list, list]:
+    """(values, scores) lists for one candidate on the first k realigned repeats."""
+    k = len(reps)
+    corr = [r / field for r in reps]
+    nm = np.mean(corr, axis=0)
+    if name == "nb8" or (name.startswith("xrep") and k == 1):
+        return [nm], [m.inplane_neighbour_mean(nm, 2)]
+    if name.startswith("g3d"):
+        return [nm], [weighted_loo(nm, gaussian_kernel(spacing, float(name[3:]), True))]
+    if name.startswith("g"):
+        return [nm], [weighted_loo(nm, gaussian_kernel(spacing, float(name[1:]), False))]
+    if name == "xrep":
+        return corr, cross_repeat_scores(corr, box8())
+    if name == "xrep_g0.75":
+        return corr, cross_repeat_scores(corr, gaussian_kernel(spacing, 0.75, False))
+    raise ValueError(name)
+
+
+def score(geometry: str) -> None:
+    g = GEOMETRIES[geometry]
+    base_out = gdir(geometry) / f"snr-{sw.BASE_SNR:g}" / "out"
+    meas = vm.load_measures(base_out)
+    table = pd.read_csv(vm._one(base_out / "atlas", "tpl-*_atlas-nmbids_dseg.nii.gz").with_suffix("").with_suffix(".tsv"),
+                        sep="\t")
+    rows, timing = [], []
+    for snr in g["snrs"]:
+        truth = json.loads((gdir(geometry) / f"snr-{snr:g}" / "truth.json").read_text())
+        for sub, ses, acq in vm.truth_acqs(truth):
+            acq_type = acq["acq_type"]
+            if acq_type not in ("GREMT", "FSE"):
+                continue
+            c = np.load(gdir(geometry) / "cache" / f"snr-{snr:g}" / f"{sub}_{ses}_{acq_type}.npz")
+            cov = vm.coverage_of(meas[(meas.participant_id == sub) & (meas.session_id == ses)], acq_type)
+            profile = PROFILES[acq_type]
+            sp = c["spacing"]
+            vox = float(np.prod(sp))
+            for ki, k in enumerate(c["ks"]):
+                reps = [r.astype(float) for r in c["reps"][:k]]
+                field = c["fields"][ki].astype(float)
+                nm = np.mean([r / field for r in reps], axis=0)
+                for name in candidates(geometry):
+                    t0 = time.perf_counter()
+                    values, scores = score_images(name, reps, field, sp)
+                    t1 = time.perf_counter()
+                    res = cr_rows(nm, values, scores, c["dseg"], table, cov, profile, vox)
+                    t2 = time.perf_counter()
+                    timing.append(dict(candidate=name, acq_type=acq_type, n_repeats=int(k), score_s=t1 - t0,
+                                       measure_s=t2 - t1, n_voxels=int(nm.size)))
+                    rows += [dict(sub=sub, ses=ses, acq_type=acq_type, snr=snr, n_repeats=int(k), candidate=name,
+                                  **r) for r in res]
+        log(f"  scored {geometry} SNR {snr:g}")
+    base_truth = json.loads((gdir(geometry) / f"snr-{sw.BASE_SNR:g}" / "truth.json").read_text())
+    df = sw.with_truth(pd.DataFrame(rows), base_truth)
+    out = gdir(geometry) / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "values.tsv", sep="\t", index=False)
+    pd.DataFrame(timing).to_csv(out / "timing.tsv", sep="\t", index=False)
+
+
+def check_against_pipeline(geometry: str = "main", snr: float = 25.0) -> pd.DataFrame:
+    """nb8 here against ``nmbids.quantify.measure`` on the same cached images (one level)."""
+    from nmbids.quantify import Grid, measure
+    base_out = gdir(geometry) / f"snr-{sw.BASE_SNR:g}" / "out"
+    meas = vm.load_measures(base_out)
+    table = pd.read_csv(vm._one(base_out / "atlas", "tpl-*_atlas-nmbids_dseg.nii.gz").with_suffix("").with_suffix(".tsv"),
+                        sep="\t")
+    vals = pd.read_csv(gdir(geometry) / "results" / "values.tsv", sep="\t")
+    out = []
+    for p in sorted((gdir(geometry) / "cache" / f"snr-{snr:g}").glob("*.npz"))[:4]:
+        sub, ses, acq_type = p.stem.split("_")
+        c = np.load(p)
+        cov = vm.coverage_of(meas[(meas.participant_id == sub) & (meas.session_id == ses)], acq_type)
+        k = int(c["ks"][-1])
+        nm = np.mean([r / c["fields"][-1] for r in c["reps"][:k]], axis=0)
+        res, _ = measure(Grid(nm, c["dseg"], float(np.prod(c["spacing"])), True), None, table, cov,
+                         PROFILES[acq_type], DEFAULT_REF_STAT)
+        for r in res:
+            if r["measure"] == "cr" and r["roi"] in ROIS and r["hemi"] in ("L", "R"):
+                mine = vals[(vals["sub"] == sub) & (vals.ses == ses) & (vals.acq_type == acq_type) & (vals.snr == snr)
+                            & (vals.n_repeats == k) & (vals.candidate == "nb8") & (vals.roi == r["roi"])
+                            & (vals.hemi == r["hemi"])].value
+                out.append(dict(sub=sub, ses=ses, acq=acq_type, roi=r["roi"], hemi=r["hemi"], pipeline=r["value"],
+                                study=float(mine.iloc[0]) if len(mine) else np.nan))
+    return pd.DataFrame(out)
+
+
+# ---------------------------------------------------------------- summary
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    out = []
+    for (cand, acq, roi, snr, k), g in df.groupby(["candidate", "acq_type", "roi", "snr", "n_repeats"]):
+        rec = st.recovery(g.value.to_numpy(float), g.true.to_numpy(float))
+        ratio = (g.value / g.true).replace([np.inf, -np.inf], np.nan).dropna()
+        w = g.pivot_table(index=["sub", "hemi"], columns="ses", values="value", aggfunc="first").dropna()
+        icc = m.icc_2_1(w.to_numpy()) if w.shape[0] >= 2 and w.shape[1] == 2 else np.nan
+        out.append(dict(candidate=cand, acq=acq, roi=roi, snr=snr, k=k, n=rec["n"],
+                        ratio=float(ratio.median()) if len(ratio) else np.nan, slope=rec["slope"], r=rec["r"],
+                        icc=icc))
+    return pd.DataFrame(out)
+
+
+def headline(s: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (cand, acq, roi), g in s.groupby(["candidate", "acq", "roi"]):
+        spread = g.groupby("k").ratio.agg(lambda x: x.max() - x.min())
+        rows.append(dict(candidate=cand, acq=acq, roi=roi, min_ratio=g.ratio.min(), max_ratio=g.ratio.max(),
+                         spread=spread.max(), spread_k=" ".join(f"{v:.2f}" for v in spread),
+                         min_r14=g[g.snr >= 14].r.min(), min_icc=g.icc.min(), min_slope=g.slope.min()))
+    return pd.DataFrame(rows)
+
+
+def bootstrap_vs(df: pd.DataFrame, ref: str = "nb8", n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+    """Subject-bootstrap SD of (candidate - ref) in min ratio and spread, per acquisition and ROI:
+    how much of a difference the 5 subjects can resolve (cells share subjects, so paired)."""
+    rng = np.random.default_rng(seed)
+    subs = np.array(sorted(df["sub"].unique()))
+    draws = []
+    for b in range(n_boot):
+        pick = rng.choice(subs, size=subs.size, replace=True)
+        parts = []
+        for i, sname in enumerate(pick):
+            part = df[df["sub"] == sname].copy()
+            part["sub"] = f"{sname}#{i}"
+            parts.append(part)
+        d = pd.concat(parts)
+        d = d.assign(ratio=d.value / d.true)
+        med = d.groupby(["candidate", "acq_type", "roi", "snr", "n_repeats"]).ratio.median().reset_index()
+        mn = med.groupby(["candidate", "acq_type", "roi"]).ratio.min()
+        sp = med.groupby(["candidate", "acq_type", "roi", "n_repeats"]).ratio.agg(lambda x: x.max() - x.min()) \
+            .groupby(["candidate", "acq_type", "roi"]).max()
+        draws.append(pd.DataFrame({"min_ratio": mn, "spread": sp}).reset_index().assign(b=b))
+    bd = pd.concat(draws)
+    base = bd[bd.candidate == ref].set_index(["b", "acq_type", "roi"])[["min_ratio", "spread"]]
+    out = []
+    for cand, g in bd.groupby("candidate"):
+        if cand == ref:
+            continue
+        diff = g.set_index(["b", "acq_type", "roi"])[["min_ratio", "spread"]] - base
+        sd = diff.groupby(["acq_type", "roi"]).std()
+        out.append(sd.add_prefix("sd_diff_").reset_index().assign(candidate=cand))
+    return pd.concat(out)
+
+
+def report() -> None:
+    for geometry in GEOMETRIES:
+        p = gdir(geometry) / "results" / "values.tsv"
+        if not p.exists():
+            continue
+        df = pd.read_csv(p, sep="\t")
+        s = summary(df)
+        s.to_csv(gdir(geometry) / "results" / "summary.tsv", sep="\t", index=False, float_format="%.4f")
+        h = headline(s)
+        h.to_csv(gdir(geometry) / "results" / "headline.tsv", sep="\t", index=False, float_format="%.3f")
+        pd.set_option("display.width", 200)
+        print(f"== {geometry}")
+        print(h.sort_values(["acq", "roi", "candidate"]).to_string(index=False, float_format="%.3f"))
+        if df["sub"].nunique() >= 3:
+            bs = bootstrap_vs(df)
+            bs.to_csv(gdir(geometry) / "results" / "bootstrap.tsv", sep="\t", index=False, float_format="%.3f")
+            print(bs.to_string(index=False, float_format="%.3f"))
+        t = gdir(geometry) / "results" / "timing.tsv"
+        if t.exists():
+            tm = pd.read_csv(t, sep="\t").groupby(["candidate", "acq_type"])[["score_s", "measure_s"]].median()
+            print(tm.to_string(float_format="%.3f"))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", choices=("prepare", "cache", "score", "report", "check"))
+    ap.add_argument("--geometry", choices=tuple(GEOMETRIES), default="main")
+    ap.add_argument("--n", type=int, default=None)
+    ap.add_argument("--nprocs", type=int, default=2)
+    a = ap.parse_args(argv)
+    n = a.n or GEOMETRIES[a.geometry]["n"]
+    if a.stage == "prepare":
+        prepare(a.geometry, n, a.nprocs)
+    elif a.stage == "cache":
+        cache(a.geometry)
+    elif a.stage == "score":
+        score(a.geometry)
+    elif a.stage == "check":
+        print(check_against_pipeline(a.geometry).to_string())
+    else:
+        report()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
