@@ -61,7 +61,7 @@ from validation import measure as vm, snr_sweep as sw, stats as st  # noqa: E402
 
 from nmbids import measures as m  # noqa: E402
 from nmbids.acquisitions import DEFAULT_REF_STAT, NM_N4_SPLINE_MM, PROFILES  # noqa: E402
-from nmbids.quantify import region_masks  # noqa: E402
+from nmbids.roi_measures import region_masks  # noqa: E402
 from nmbids.registration import align_repeats, n4_field  # noqa: E402
 
 ROOT = REPO / "validation-work" / "score-study"
@@ -295,8 +295,8 @@ def score(geometry: str) -> None:
 
 
 def check_against_pipeline(geometry: str = "main", snr: float = 25.0) -> pd.DataFrame:
-    """nb8 here against ``nmbids.quantify.measure`` on the same cached images (one level)."""
-    from nmbids.quantify import Grid, measure
+    """nb8 here against ``nmbids.roi_measures.measure_rois`` on the same cached images (one level)."""
+    from nmbids.roi_measures import Grid, measure_rois
     base_out = gdir(geometry) / f"snr-{sw.BASE_SNR:g}" / "out"
     meas = vm.load_measures(base_out)
     table = pd.read_csv(vm._one(base_out / "atlas", "tpl-*_atlas-nmbids_dseg.nii.gz").with_suffix("").with_suffix(".tsv"),
@@ -309,7 +309,7 @@ def check_against_pipeline(geometry: str = "main", snr: float = 25.0) -> pd.Data
         cov = vm.coverage_of(meas[(meas.participant_id == sub) & (meas.session_id == ses)], acq_type)
         k = int(c["ks"][-1])
         nm = np.mean([r / c["fields"][-1] for r in c["reps"][:k]], axis=0)
-        res, _ = measure(Grid(nm, c["dseg"], float(np.prod(c["spacing"])), True), None, table, cov,
+        res, _ = measure_rois(Grid(nm, c["dseg"], float(np.prod(c["spacing"])), True), None, table, cov,
                          PROFILES[acq_type], DEFAULT_REF_STAT)
         for r in res:
             if r["measure"] == "cr" and r["roi"] in ROIS and r["hemi"] in ("L", "R"):
