@@ -121,8 +121,7 @@ def derivative_image(img: nb.Nifti1Image, *, space: str | None = None, source: s
 
 def save_ants_image(img, path: str | Path, **facts) -> Path:
     """Write the ANTs image ``img`` to ``path`` (``.nii.gz``) with ``derivative_image``'s header
-    (``facts``: its keywords); the same file as ``img.to_file`` then ``finish_image``, but
-    compressed once.
+    (``facts``: its keywords).
 
     Why: ITK compresses at a high zlib level, several seconds for a 1 mm head, and the header
     fix must then decompress and compress again. ITK writes an uncompressed sibling instead,
@@ -142,19 +141,3 @@ def save_ants_image(img, path: str | Path, **facts) -> Path:
         tmp.unlink(missing_ok=True)
     return path
 
-
-def finish_image(path: str | Path, **facts) -> Path:
-    """Rewrite the image at ``path`` in place with ``derivative_image``'s header (``facts``:
-    its keywords). For the images ANTs writes: ITK sets codes 1 and seconds whatever the image,
-    and nibabel's header codes are lost in ``ants.image_write``."""
-    import os
-
-    path = Path(path)
-    out = derivative_image(nb.load(str(path)), **facts)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        nb.save(out, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
