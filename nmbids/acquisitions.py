@@ -34,6 +34,11 @@ NM_N4_SPLINE_MM = 100.0
 # "neighbour_top_volume", "neighbour_max_per_slice". Their selection does not see the noise of
 # the values averaged, so they do not read high at low SNR (docs/validation.md, SNR sweep).
 NEIGHBOUR = "neighbour_"
+# Prefix of the CR methods whose neighbour-chosen estimate is taken to no noise by
+# simulation-extrapolation (measures.simex): "simex_neighbour_top_volume",
+# "simex_neighbour_max_per_slice". The neighbour choice misses more of the nucleus as the
+# noise grows, so that its estimate falls as SNR falls; SIMEX removes that fall.
+SIMEX = "simex_"
 
 
 TOP_VOLUME_MM3 = {"SN": 50.0, "VTA": 20.0}

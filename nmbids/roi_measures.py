@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from . import measures as m
-from .acquisitions import MTR_NUCLEUS_METHOD, NEIGHBOUR, AcquisitionProfile
+from .acquisitions import MTR_NUCLEUS_METHOD, NEIGHBOUR, SIMEX, AcquisitionProfile
 
 HEMIS = ("L", "R", "bilateral")
 
@@ -81,9 +81,6 @@ def measure_grid(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage
     masks = region_masks(dseg, table)
     rows, refs = [], {}
     targets = {roi: ref for roi, ref in profile.references.items() if rois is None or roi in rois}
-    # selection scores of the neighbour_* methods: computed once per grid, only when used
-    scores = m.inplane_neighbour_mean(nm, slice_axis) \
-        if any(profile.cr_method.get(r, "").startswith(NEIGHBOUR) for r in targets) else None
 
     def row(roi, hemi, measure, value, unit, method="n/a", reference="n/a", stat="n/a", where=space):
         value = float(value) if value is not None and np.isfinite(value) else None
@@ -121,26 +118,29 @@ def measure_grid(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage
             contrast = m.cnr(values, ref_values, profile.min_voxels) if values.size else np.nan
             method = profile.cr_method.get(roi, "threshold")
             default = {"threshold": cr_thr, "roi_mean": cr_roi}.get(method)
-            base = method.removeprefix(NEIGHBOUR)  # the brightest-voxel method it refines
-            roi_scores = scores[masks[(roi, hemi)]] if method != base and values.size else None
-            brightest = None
-            if base == "top_volume":  # a fixed volume per side: twice as much for both sides
-                volume = profile.top_volume_of(roi) * (2 if hemi == "bilateral" else 1)
-                default = m.cr_top_volume(values, ref, volume, voxel_volume, profile.min_voxels,
-                                          scores=roi_scores) if values.size else np.nan
-                if method != base:
-                    brightest = m.cr_top_volume(values, ref, volume, voxel_volume, profile.min_voxels) \
-                        if values.size else np.nan
-            elif base == "max_per_slice":
-                default = _slice_max(nm, masks, roi, hemi, ref_roi, ref_stat, profile, slice_axis,
-                                     inferior_first, row, measurable, method,
-                                     scores if method != base else None)
-                if method != base:
-                    brightest = _slice_max(nm, masks, roi, hemi, ref_roi, ref_stat, profile, slice_axis,
-                                           inferior_first, None, measurable, base, None)
+            selection = method.removeprefix(SIMEX)  # the estimate SIMEX takes to no noise
+            base = selection.removeprefix(NEIGHBOUR)  # the brightest-voxel method it refines
+            variants = {}  # method -> value of the CR estimates below the default
+            if base in ("top_volume", "max_per_slice"):
+                mask = masks[(roi, hemi)] if measurable and (roi, hemi) in masks else None
+                noise = refs[ref_roi]["noise_sd"]
+                if base == "top_volume":  # a fixed volume per side: twice as much for both sides
+                    volume = profile.top_volume_of(roi) * (2 if hemi == "bilateral" else 1)
+                    values_of = _top_volume(nm, mask, ref, volume, voxel_volume, profile.min_voxels, slice_axis)
+                else:
+                    values_of = _slice_max(nm, mask, masks.get((ref_roi, "bilateral")), ref_stat, profile,
+                                           slice_axis, inferior_first)
+                estimates = {variant: values_of(variant.startswith(SIMEX), variant != base, noise)
+                             for variant in dict.fromkeys((method, selection, base))}
+                if base == "max_per_slice":  # the LC's thirds, from the default's slice profile
+                    for name, val in zip(("rostral", "middle", "caudal"), m.split_thirds(estimates[method])):
+                        row(f"{roi}_{name}", hemi, "cr", val, "ratio", method, ref_roi, ref_stat)
+                    estimates = {variant: _profile_mean(p) for variant, p in estimates.items()}
+                default = estimates.pop(method)
+                variants = estimates
             row(roi, hemi, "cr", default, "ratio", method, ref_roi, ref_stat)
-            if brightest is not None:  # the brightest voxels, the method before, kept selectable
-                row(roi, hemi, f"cr_{base}", brightest, "ratio", base, ref_roi, ref_stat)
+            for variant, value in variants.items():  # the estimates it refines, kept selectable
+                row(roi, hemi, f"cr_{variant}", value, "ratio", variant, ref_roi, ref_stat)
             row(roi, hemi, "cr_roimean", cr_roi, "ratio", "roi_mean", ref_roi, ref_stat)
             row(roi, hemi, "cr_threshold", cr_thr, "ratio", f"threshold_k{profile.threshold_k:g}", ref_roi, ref_stat)
             row(roi, hemi, "cnr", contrast, "ratio", "roi_mean", ref_roi, "mean")
@@ -148,21 +148,63 @@ def measure_grid(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage
     return rows, refs
 
 
-def _slice_max(nm, masks, roi, hemi, ref_roi, ref_stat, profile, axis, inferior_first, row, measurable,
-               method, scores):
-    """Slice-wise max CR (LC): the whole-ROI value, and (when ``row`` is given) rows of the
-    rostral/middle/caudal thirds. ``scores`` choose the voxels (None: the brightest)."""
-    if not measurable or (roi, hemi) not in masks:
-        profile_vals = np.full(nm.shape[axis], np.nan)
-    else:
-        profile_vals = m.slice_max_cr(nm, masks[(roi, hemi)], masks[(ref_roi, "bilateral")], axis=axis,
-                                      stat=ref_stat, min_voxels=profile.min_voxels, scores=scores)
-    if not inferior_first:
-        profile_vals = profile_vals[::-1]
-    rostral, middle, caudal = m.split_thirds(profile_vals)
-    for name, val in (("rostral", rostral), ("middle", middle), ("caudal", caudal)):
-        if row is not None:
-            row(f"{roi}_{name}", hemi, "cr", val, "ratio", method, ref_roi, ref_stat)
+def _crop(mask: np.ndarray, slice_axis: int) -> tuple:
+    """The bounding box of ``mask``, one voxel wider in plane: every in-plane neighbour of its
+    voxels is inside it, so a neighbour score computed on the crop equals the whole grid's."""
+    box = []
+    for ax, idx in enumerate(np.nonzero(mask)):
+        pad = 0 if ax == slice_axis else 1
+        box.append(slice(max(0, int(idx.min()) - pad), int(idx.max()) + 1 + pad))
+    return tuple(box)
+
+
+def _estimate(estimate, crop: np.ndarray, corrected: bool, noise: float):
+    """``estimate`` of the crop, taken to no noise by ``measures.simex`` when ``corrected``."""
+    return m.simex(estimate, crop, noise) if corrected else estimate(crop)
+
+
+def _top_volume(nm, mask, ref, volume, voxel_volume, min_voxels, axis):
+    """``values(corrected, by_neighbours, noise)``: the top-volume CR of the ROI ``mask``
+    (None: not measurable, NaN), its voxels chosen by their neighbours or by brightness."""
+    def values(corrected: bool, by_neighbours: bool, noise: float) -> float:
+        if mask is None or not mask.any():
+            return np.nan
+        box = _crop(mask, axis)
+        inside = mask[box]
+
+        def estimate(img):
+            scores = m.inplane_neighbour_mean(img, axis)[inside] if by_neighbours else None
+            return m.cr_top_volume(img[inside], ref, volume, voxel_volume, min_voxels, scores=scores)
+        return _estimate(estimate, nm[box], corrected, noise)
+    return values
+
+
+def _slice_max(nm, mask, ref_mask, ref_stat, profile, axis, inferior_first):
+    """``values(corrected, by_neighbours, noise)``: the slice-wise max CR profile of the ROI
+    ``mask`` (``measures.slice_max_cr``), ordered inferior → superior, each slice against the
+    reference of its slice (kept from the image as it is when corrected: SIMEX takes the
+    choice of voxels to no noise, not the reference's median or mode)."""
+    measurable = mask is not None and ref_mask is not None and mask.any()
+    refs = m.slice_references(nm, ref_mask, axis, ref_stat, profile.min_voxels) if measurable else None
+
+    def values(corrected: bool, by_neighbours: bool, noise: float) -> np.ndarray:
+        if not measurable:
+            return np.full(nm.shape[axis], np.nan)
+        box = _crop(mask, axis)
+        inside = mask[box]
+
+        def estimate(img):
+            scores = m.inplane_neighbour_mean(img, axis) if by_neighbours else None
+            return m.slice_top_mean(img, inside, axis, scores=scores)
+        top = np.full(nm.shape[axis], np.nan)
+        top[box[axis]] = _estimate(estimate, nm[box], corrected, noise)
+        cr = m.slice_contrast(top, refs)
+        return cr if inferior_first else cr[::-1]
+    return values
+
+
+def _profile_mean(profile_vals: np.ndarray) -> float:
+    """The whole-ROI value of a slice profile: the mean of its finite slices (NaN below 3)."""
     finite = profile_vals[np.isfinite(profile_vals)]
     return float(np.mean(finite)) if finite.size >= 3 else np.nan
 
