@@ -38,6 +38,14 @@ def run_base(d: Path, nprocs: int, atlas: str = "builtin") -> None:
         raise SystemExit(f"nmbids exited {rc} on the SNR sweep's base cohort (see {d / 'nmbids.log'})")
 
 
+def defaults_text() -> str:
+    """The profiles' default CR methods, as "GRE-MT SN: m; ..." (from nmbids, not restated)."""
+    from nmbids.acquisitions import PROFILES
+
+    return "; ".join(f"{acq} " + ", ".join(f"{roi} `{method}`" for roi, method in p.cr_method.items())
+                     for acq, p in PROFILES.items() if acq in ("GREMT", "FSE"))
+
+
 def render(s: pd.DataFrame, meta: dict) -> str:
     cols = ["acquisition", "roi", "measure", "method", "snr", "n_repeats", "n", "qc_snr", "bias", "ratio",
             "slope", "r", "icc"]
@@ -58,10 +66,12 @@ def render(s: pd.DataFrame, meta: dict) -> str:
         f"pipeline found at SNR {sw.BASE_SNR:g} (see the module docstring of "
         "`benchmarks/validation/snr_sweep.py`).",
         "",
-        "Measures: `cr` is the default CR (SN and VTA: `neighbour_top_volume`; LC: "
-        "`neighbour_max_per_slice`), whose voxels are chosen by the mean of their 8 in-plane "
-        "neighbours; `cr_top_volume` and `cr_max_per_slice` choose the brightest voxels (the "
-        "defaults before); `cr_roimean` averages the whole search region. `ratio` is the median "
+        f"Measures: `cr` is the default CR ({defaults_text()}): `neighbour_*` methods choose "
+        "their voxels by the mean of their 8 in-plane neighbours, and `simex_` takes that choice "
+        "to no noise (`measures.simex`); `cr_neighbour_top_volume` is GRE-MT SN's neighbour choice "
+        "without SIMEX (the default before); `cr_top_volume` and `cr_max_per_slice` choose the "
+        "brightest voxels (the defaults before that); `cr_roimean` averages the whole search region. "
+        "`ratio` is the median "
         "of measured/true over hemispheres; `qc_snr` the median SNR of the QC table "
         "(reference median / noise sd from neighbour differences, repeats averaged); `icc` "
         "ICC(2,1) of the hemispheres over the two sessions.",
@@ -74,7 +84,8 @@ def render(s: pd.DataFrame, meta: dict) -> str:
         "",
         f"![measured/true CR against SNR per repeat](validation/snr_sweep{meta.get('suffix', '')}.png)",
         "",
-        "Solid: the default CR; dashed: the brightest-voxel CR it replaced; grey band: 0.75–1.15.",
+        "Solid: the default CR; dashed: the brightest-voxel CR; dotted (GRE-MT SN): the neighbour "
+        "choice without SIMEX, the default before; grey band: 0.75–1.15.",
         "",
         "## Every cell",
         "",

@@ -148,7 +148,7 @@ def measure_grid(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage
     return rows, refs
 
 
-def _crop(mask: np.ndarray, slice_axis: int) -> tuple:
+def roi_crop(mask: np.ndarray, slice_axis: int) -> tuple:
     """The bounding box of ``mask``, one voxel wider in plane: every in-plane neighbour of its
     voxels is inside it, so a neighbour score computed on the crop equals the whole grid's."""
     box = []
@@ -169,7 +169,7 @@ def _top_volume(nm, mask, ref, volume, voxel_volume, min_voxels, axis):
     def values(corrected: bool, by_neighbours: bool, noise: float) -> float:
         if mask is None or not mask.any():
             return np.nan
-        box = _crop(mask, axis)
+        box = roi_crop(mask, axis)
         inside = mask[box]
 
         def estimate(img):
@@ -190,7 +190,7 @@ def _slice_max(nm, mask, ref_mask, ref_stat, profile, axis, inferior_first):
     def values(corrected: bool, by_neighbours: bool, noise: float) -> np.ndarray:
         if not measurable:
             return np.full(nm.shape[axis], np.nan)
-        box = _crop(mask, axis)
+        box = roi_crop(mask, axis)
         inside = mask[box]
 
         def estimate(img):

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nmbids import measures as m
 from nmbids.acquisitions import PROFILES
 from nmbids.roi_measures import Grid, measure_grid, measure_rois, mt_rows, tissue_only
 
@@ -200,10 +201,10 @@ def _noise_spike_scene():
 
 
 def test_default_cr_chooses_voxels_by_their_neighbours():
-    """neighbour_top_volume (the SN default): the voxels whose 8 in-plane neighbours are
+    """neighbour_top_volume (the FSE SN default): the voxels whose 8 in-plane neighbours are
     brightest, their own values averaged; the brightest voxels stay in cr_top_volume."""
     nm, dseg, coverage = _noise_spike_scene()
-    profile = dataclasses.replace(PROFILES["GREMT"], top_volume_mm3={"SN": 1.0})  # min_voxels = 5 voxels
+    profile = dataclasses.replace(PROFILES["FSE"], top_volume_mm3={"SN": 1.0})  # min_voxels = 5 voxels
     assert profile.cr_method["SN"] == "neighbour_top_volume"
     rows, _ = measure_grid(nm, dseg, TABLE, coverage, profile, "median", voxel_volume=1.0)
     # scores: the nucleus centre (4, 2) 120, its 4 edge-middles 112.5, the spike's neighbours
@@ -213,6 +214,34 @@ def test_default_cr_chooses_voxels_by_their_neighbours():
     old = next(r for r in rows if (r["roi"], r["hemi"], r["measure"]) == ("SN", "L", "cr_top_volume"))
     # the 5 brightest: the spike and 4 nucleus voxels -> (180 + 4 * 120) / 5 = 132
     assert old["value"] == pytest.approx(0.32) and old["method"] == "top_volume"
+
+
+def test_gremt_sn_cr_is_the_neighbour_choice_taken_to_no_noise():
+    """simex_neighbour_top_volume (the GRE-MT SN default): measures.simex of the neighbour
+    choice, with the reference region's noise sd; the neighbour choice stays as
+    cr_neighbour_top_volume and the brightest voxels as cr_top_volume."""
+    nm, dseg, coverage = _noise_spike_scene()
+    profile = dataclasses.replace(PROFILES["GREMT"], top_volume_mm3={"SN": 1.0})
+    assert profile.cr_method["SN"] == "simex_neighbour_top_volume"
+    rows, _ = measure_grid(nm, dseg, TABLE, coverage, profile, "median", voxel_volume=1.0)
+    # a flat reference region has no noise: nothing to take away, the neighbour choice's 0.2
+    cr = next(r for r in rows if (r["roi"], r["hemi"], r["measure"]) == ("SN", "L", "cr"))
+    assert cr["value"] == pytest.approx(0.2) and cr["method"] == "simex_neighbour_top_volume"
+    assert _value(rows, "SN", "L", "cr_neighbour_top_volume") == pytest.approx(0.2)
+    assert _value(rows, "SN", "L", "cr_top_volume") == pytest.approx(0.32)
+    # with noise: the value is measures.simex of the neighbour-chosen CR on the ROI's crop
+    rng = np.random.default_rng(0)
+    noisy = nm + rng.normal(0, 4.0, nm.shape)
+    rows, refs = measure_grid(noisy, dseg, TABLE, coverage, profile, "median", voxel_volume=1.0)
+    roi, ref, sigma = dseg == 1, refs["CC"]["value"], refs["CC"]["noise_sd"]
+    box = (slice(1, 7), slice(0, 10), slice(0, 1))  # the SN rows, one more above (in plane)
+
+    def neighbour_cr(img):
+        inside = roi[box]
+        return m.cr_top_volume(img[inside], ref, 5.0, 1.0, scores=m.inplane_neighbour_mean(img)[inside])
+    assert _value(rows, "SN", "L", "cr_neighbour_top_volume") == pytest.approx(neighbour_cr(noisy[box]))
+    assert _value(rows, "SN", "L", "cr") == pytest.approx(m.simex(neighbour_cr, noisy[box], sigma))
+    assert _value(rows, "SN", "L", "cr") != pytest.approx(_value(rows, "SN", "L", "cr_neighbour_top_volume"))
 
 
 def test_default_lc_cr_chooses_voxels_by_their_neighbours():

@@ -35,8 +35,9 @@ SNRS = (8.0, 14.0, 25.0, 40.0)  # per repeat, in white matter
 REPEATS = (1, 2, 3)
 BASE_SNR = 25.0
 # The estimators compared: (acquisition, ROI) -> measures of the table. ``cr`` is the
-# profile's default (neighbour-selected); the cr_<method> rows are the brightest-voxel methods.
-COMPARED = {("GREMT", "SN"): ("cr", "cr_top_volume", "cr_roimean"),
+# profile's default; the second is the brightest-voxel method; ``cr_neighbour_top_volume`` the
+# neighbour choice that GRE-MT SN's SIMEX default corrects.
+COMPARED = {("GREMT", "SN"): ("cr", "cr_top_volume", "cr_roimean", "cr_neighbour_top_volume"),
             ("GREMT", "VTA"): ("cr", "cr_top_volume", "cr_roimean"),
             ("GREMT", "LC"): ("cr", "cr_max_per_slice"),
             ("FSE", "SN"): ("cr", "cr_top_volume", "cr_roimean"),
@@ -165,9 +166,9 @@ def goals(s: pd.DataFrame) -> list[str]:
 
 
 def figure(s: pd.DataFrame, path: Path) -> None:
-    """Measured/true against SNR per repeat: the default (neighbour-selected) CR against the
-    brightest-voxel CR it replaced, one panel per acquisition and ROI, one line per number of
-    repeats."""
+    """Measured/true against SNR per repeat: the default CR against the brightest-voxel CR
+    (and, for GRE-MT SN, the neighbour choice its SIMEX default corrects), one panel per
+    acquisition and ROI, one line per number of repeats."""
     import matplotlib
     import matplotlib.ticker
 
@@ -178,11 +179,13 @@ def figure(s: pd.DataFrame, path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(2.1 * len(panels) + 0.5, 2.6), squeeze=False)
     for ax, (acq, roi) in zip(axes[0], panels):
         g = s[(s.acquisition == acq) & (s.roi == roi)]
-        for measure, style in (("cr", "-"), (COMPARED[(acq, roi)][1], "--")):
+        lines = [("cr", "-", "default"), (COMPARED[(acq, roi)][1], "--", "brightest")]
+        if "cr_neighbour_top_volume" in COMPARED[(acq, roi)]:
+            lines.append(("cr_neighbour_top_volume", ":", "neighbour"))
+        for measure, style, name in lines:
             for k, color in zip(REPEATS, ("#d95f02", "#7570b3", "#1b9e77")):
                 h = g[(g.measure == measure) & (g.n_repeats == k)].sort_values("snr")
-                ax.plot(h.snr, h.ratio, style, color=color, marker="o", ms=3,
-                        label=f"{'default' if measure == 'cr' else 'brightest'}, {k} rep.")
+                ax.plot(h.snr, h.ratio, style, color=color, marker="o", ms=3, label=f"{name}, {k} rep.")
         ax.axhspan(*RATIO_BAND, color="0.9", zorder=0)
         ax.axhline(1, color="k", lw=0.5)
         ax.set_xscale("log")

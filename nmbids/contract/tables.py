@@ -7,7 +7,8 @@ column descriptions (``group/outputs.py``).
 """
 from __future__ import annotations
 
-from ..acquisitions import MTR_NUCLEUS_METHOD, MTR_TOP_VOLUME_MM3, PROFILES, TOP_VOLUME_MM3
+from ..acquisitions import MTR_NUCLEUS_METHOD, MTR_TOP_VOLUME_MM3, PROFILES, SIMEX, TOP_VOLUME_MM3
+from ..measures import SIMEX_DRAWS, SIMEX_LEVELS
 from .thresholds import flag_rules
 
 MEASURE_COLUMNS = ["participant_id", "session_id", "source", "acq_type", "roi", "hemi", "measure",
@@ -41,6 +42,9 @@ def measure_levels(ref_stat: str | None = None) -> dict[str, tuple[str, str]]:
         "cr_threshold": ("mean (I - ref(R)) / ref(R) over the ROI voxels with I > ref(R) + k*sd(R)", "ratio"),
         "cr_top_volume": ("CR of the brightest ROI voxels (method top_volume, the SN and VTA default until "
                           "voxels were chosen by their neighbours): it reads high at low SNR", "ratio"),
+        "cr_neighbour_top_volume": ("CR of the ROI voxels chosen by their neighbours (method "
+                                    "neighbour_top_volume) without the SIMEX step of the GRE-MT SN default: "
+                                    "it reads low at low SNR (0.85 of the truth at SNR 8 per repeat)", "ratio"),
         "cr_max_per_slice": ("slice-wise CR of the brightest voxels per slice (method max_per_slice; the "
                              "LC default before): reads high at low SNR", "ratio"),
         "cnr": ("(mean(I) - mean(R)) / sd(R), sd with ddof=1", "ratio"),
@@ -69,6 +73,7 @@ def measures_dictionary(ref_stat: str | None = None) -> dict:
     table that mixes runs (the group level's)."""
     sizes = ", ".join(f"{roi} {v:g}" for roi, v in TOP_VOLUME_MM3.items())
     top_volume = f"make up a fixed volume per side ({sizes} mm3; twice that for bilateral)"
+    levels = ", ".join(f"{z:g}" for z in SIMEX_LEVELS)
     return {
         "participant_id": {"Description": "participant label, with 'sub-'"},
         "session_id": {"Description": "session label with 'ses-', or n/a when the dataset has no sessions"},
@@ -98,6 +103,11 @@ def measures_dictionary(ref_stat: str | None = None) -> dict:
             "neighbour_top_volume": f"mean CR of the ROI voxels that {top_volume}, chosen by the mean of "
                                     "their 8 in-plane neighbours (the voxel itself left out), so that the "
                                     "choice does not see the noise of the values averaged",
+            SIMEX + "neighbour_top_volume": "neighbour_top_volume taken to no noise by simulation-extrapolation "
+                                            f"(measures.simex): re-measured after adding noise of {levels} times "
+                                            "the image's noise variance (noise sd of the reference region; "
+                                            f"{SIMEX_DRAWS} draws each), a line fitted to the CR against the "
+                                            "variance added and extended to minus the image's own",
             MTR_NUCLEUS_METHOD: "MT pairs: mean MTR of the ROI tissue voxels that make up a fixed volume per side "
                                 "and deviate most, by the mean of their 8 in-plane neighbours, from the ROI's line "
                                 "of MTR against MT-off, on the side that deviates more (measures.mtr_nucleus)",
