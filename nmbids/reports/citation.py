@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..acquisitions import MTR_TOP_VOLUME_MM3, NM_N4_SPLINE_MM, TOP_VOLUME_MM3
+from ..acquisitions import MTR_TOP_VOLUME_MM3, NM_N4_SPLINE_MM, PROFILES, SIMEX, TOP_VOLUME_MM3
 from ..cit168_atlas import CITATION as CIT168_CITATION, THRESHOLD as CIT168_THRESHOLD
 from ..contract import names
+from ..measures import SIMEX_DRAWS, SIMEX_LEVELS
 from ..outputs import atomic_write_text
 
 # Reference texts, cited in the paragraphs below as {key}.
@@ -55,6 +56,8 @@ _REFS = {
     "scott1992": "Scott DW. Multivariate Density Estimation: Theory, Practice, and Visualization. "
                  "New York: Wiley; 1992.",
     "pauli2018": CIT168_CITATION,
+    "cook1994": "Cook JR, Stefanski LA. Simulation-extrapolation estimation in parametric measurement "
+                "error models. J Am Stat Assoc. 1994;89(428):1314-1328. doi:10.1080/01621459.1994.10476871",
 }
 
 # What the methods text says about the regions, per atlas (``atlas.atlas_name``); nothing for
@@ -72,6 +75,9 @@ _ATLASES = {
                "coordinates."),
     "user": " The regions were taken from a user-supplied label image in template space.",
 }
+
+# The acquisition types as the paragraphs below abbreviate them.
+_ACQ_ABBREVIATIONS = {"GREMT": "GRE-MT", "FSE": "FSE", "MTR": "MTR"}
 
 _TEMPLATES = {
     "MNI152NLin2009cAsym": ("the ICBM 152 Nonlinear Asymmetrical template version 2009c "
@@ -110,7 +116,12 @@ _PARAGRAPHS = (
     "chosen by the mean intensity of their 8 in-plane neighbours, the voxel itself left out, "
     "so that the choice is independent of the noise of the values averaged (choosing the "
     "brightest voxels biases CR upwards by an amount that grows as the signal-to-noise ratio "
-    "falls). Contrast-to-noise ratio, "
+    "falls). For {simex_rois} that estimate was then taken to no noise by "
+    "simulation-extrapolation (SIMEX) {cook1994}, because a choice made on noisier neighbours "
+    "misses more of the nucleus: the CR was measured again after adding Gaussian noise of "
+    "{simex_levels} times the image's noise variance ({simex_draws} draws each; noise sd "
+    "estimated in the reference region from each voxel's difference to its in-plane neighbours), "
+    "and a line in the added variance was extended to minus the image's own. Contrast-to-noise ratio, "
     "supra-threshold volume (voxels above ref(R) + k sd(R)), the LC maximum-intensity contrast "
     "per slice summarised over rostral, middle and caudal thirds {tona2017}, the fraction of "
     "each region covered by the slab and, for MT pairs, the magnetization-transfer ratio "
@@ -178,6 +189,10 @@ def methods_boilerplate(template_name: str, version: str, atlas: str | None = No
 
     cite = _Cite(version=version, template_name=template_name, nm_n4_spline_mm=NM_N4_SPLINE_MM,
                  cit168_threshold=CIT168_THRESHOLD,
+                 simex_levels=", ".join(f"{z:g}" for z in SIMEX_LEVELS), simex_draws=SIMEX_DRAWS,
+                 simex_rois=" and ".join(f"the {roi} of {_ACQ_ABBREVIATIONS[acq]} acquisitions"
+                                         for acq, p in PROFILES.items()
+                                         for roi, method in p.cr_method.items() if method.startswith(SIMEX)),
                  top_volumes=", ".join(f"{roi} {v:g}" for roi, v in TOP_VOLUME_MM3.items()),
                  mtr_volumes=", ".join(f"{roi} {v:g}" for roi, v in MTR_TOP_VOLUME_MM3.items()))
     paragraphs = [text.format_map(cite) for text in _PARAGRAPHS]
