@@ -120,7 +120,7 @@ def measure_grid(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage
             default = {"threshold": cr_thr, "roi_mean": cr_roi}.get(method)
             selection = method.removeprefix(SIMEX)  # the estimate SIMEX takes to no noise
             base = selection.removeprefix(NEIGHBOUR)  # the brightest-voxel method it refines
-            variants = {}  # method -> value of the CR estimates below the default
+            variants = {}  # the estimates the default refines: method -> value
             if base in ("top_volume", "max_per_slice"):
                 mask = masks[(roi, hemi)] if measurable and (roi, hemi) in masks else None
                 noise = refs[ref_roi]["noise_sd"]
@@ -166,11 +166,13 @@ def _estimate(estimate, crop: np.ndarray, corrected: bool, noise: float):
 def _top_volume(nm, mask, ref, volume, voxel_volume, min_voxels, axis):
     """``values(corrected, by_neighbours, noise)``: the top-volume CR of the ROI ``mask``
     (None: not measurable, NaN), its voxels chosen by their neighbours or by brightness."""
+    measurable = mask is not None and mask.any()
+    box = roi_crop(mask, axis) if measurable else None  # once for every variant
+    inside = mask[box] if measurable else None
+
     def values(corrected: bool, by_neighbours: bool, noise: float) -> float:
-        if mask is None or not mask.any():
+        if not measurable:
             return np.nan
-        box = roi_crop(mask, axis)
-        inside = mask[box]
 
         def estimate(img):
             scores = m.inplane_neighbour_mean(img, axis)[inside] if by_neighbours else None
@@ -186,12 +188,12 @@ def _slice_max(nm, mask, ref_mask, ref_stat, profile, axis, inferior_first):
     choice of voxels to no noise, not the reference's median or mode)."""
     measurable = mask is not None and ref_mask is not None and mask.any()
     refs = m.slice_references(nm, ref_mask, axis, ref_stat, profile.min_voxels) if measurable else None
+    box = roi_crop(mask, axis) if measurable else None  # once for every variant
+    inside = mask[box] if measurable else None
 
     def values(corrected: bool, by_neighbours: bool, noise: float) -> np.ndarray:
         if not measurable:
             return np.full(nm.shape[axis], np.nan)
-        box = roi_crop(mask, axis)
-        inside = mask[box]
 
         def estimate(img):
             scores = m.inplane_neighbour_mean(img, axis) if by_neighbours else None
