@@ -56,6 +56,9 @@ class AcquisitionProfile:
     references: dict = field(default_factory=dict)
     # default method of the ``cr`` measure for each target ROI
     cr_method: dict = field(default_factory=dict)
+    # MT pairs: default method of the ``mtr`` measure for each target ROI (absent:
+    # MTR_NUCLEUS_METHOD; SIMEX + it: taken to no noise by SIMEX)
+    mtr_method: dict = field(default_factory=dict)
     threshold_k: float = 3.0  # NM-rich voxels: I > ref + k·sd(ref)
     # where each target ROI is measured (absent: "native", the NM grid; "template": the NM
     # image pushed to the template, with the template's ROIs and reference regions)

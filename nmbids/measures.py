@@ -375,9 +375,10 @@ def simex(estimate, image: ArrayLike, noise_sd: float, levels=SIMEX_LEVELS, n_dr
           seed: int = 0):
     """Simulation-extrapolation (SIMEX) of an estimate to an image without noise.
 
-    With T = ``estimate`` (image -> a number or an array), sigma = ``noise_sd`` and Z_b
-    (b = 1..B, B = ``n_draws``) arrays of independent standard normal deviates the shape of
-    the image, drawn from ``seed`` (so that the result is reproducible):
+    With T = ``estimate`` (image -> a number or an array), sigma = ``noise_sd`` (a number, or
+    an array broadcast against the image: one sd per image of a stack, as an MT pair's on and
+    off) and Z_b (b = 1..B, B = ``n_draws``) arrays of independent standard normal deviates the
+    shape of the image, drawn from ``seed`` (so that the result is reproducible):
 
         T(0)    = T(I)
         T(zeta) = (1 / B) * sum over b of T(I + sqrt(zeta) * sigma * Z_b),  zeta in ``levels``
@@ -414,12 +415,13 @@ def simex(estimate, image: ArrayLike, noise_sd: float, levels=SIMEX_LEVELS, n_dr
     """
     img = np.asarray(image, dtype=float)
     t0 = np.asarray(estimate(img), dtype=float)
-    if not (np.isfinite(noise_sd) and noise_sd >= 0) or not np.isfinite(t0).any():
+    sigma = np.asarray(noise_sd, dtype=float)
+    if not (np.all(np.isfinite(sigma)) and np.all(sigma >= 0)) or not np.isfinite(t0).any():
         return NAN if t0.ndim == 0 else np.full(t0.shape, NAN)
     rng = np.random.default_rng(seed)
     draws = [rng.standard_normal(img.shape) for _ in range(int(n_draws))]
     zetas = np.asarray(levels, dtype=float)
-    means = np.stack([np.mean([np.asarray(estimate(img + np.sqrt(z) * noise_sd * d), dtype=float)
+    means = np.stack([np.mean([np.asarray(estimate(img + np.sqrt(z) * sigma * d), dtype=float)
                                for d in draws], axis=0) for z in zetas])
     z = np.concatenate([[0.0], zetas])
     y = np.concatenate([t0[None], means], axis=0).reshape(z.size, -1)

@@ -148,13 +148,15 @@ def measure_grid(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage
     return rows, refs
 
 
-def roi_crop(mask: np.ndarray, slice_axis: int) -> tuple:
-    """The bounding box of ``mask``, one voxel wider in plane: every in-plane neighbour of its
-    voxels is inside it, so a neighbour score computed on the crop equals the whole grid's."""
+def roi_crop(mask: np.ndarray, slice_axis: int, pad: int = 1) -> tuple:
+    """The bounding box of ``mask``, ``pad`` voxels wider in plane: every voxel within ``pad``
+    in-plane steps of its voxels is inside it, so a neighbour score computed on the crop equals
+    the whole grid's (``pad`` 1; 2 for a score of neighbours that are chosen by their own
+    neighbours, as the MT pair's tissue voxels)."""
     box = []
     for ax, idx in enumerate(np.nonzero(mask)):
-        pad = 0 if ax == slice_axis else 1
-        box.append(slice(max(0, int(idx.min()) - pad), int(idx.max()) + 1 + pad))
+        width = 0 if ax == slice_axis else pad
+        box.append(slice(max(0, int(idx.min()) - width), int(idx.max()) + 1 + width))
     return tuple(box)
 
 
@@ -260,12 +262,11 @@ def mt_rows(mtr_map: np.ndarray, enhancement: np.ndarray, mt_on: np.ndarray, mt_
     fluid = np.isnan(on_tissue)
     mtr_tissue = np.where(fluid, np.nan, mtr_map)
     enh_tissue = np.where(fluid, np.nan, enhancement)
-    # the voxels of the nucleus's MTR: fluid by the neighbours' MTR
+    # the nucleus's MTR judges fluid by the neighbours' MTR, against the reference regions'
+    # median MTR of the images as they are (also when SIMEX adds noise to them)
     finite_mtr = np.where(np.isfinite(mt_off) & np.isfinite(mt_on), mtr_map, np.nan)
-    tissue = _tissue_by_neighbours(finite_mtr, dseg, table, profile, slice_axis)
-    mtr_nb = np.where(tissue, finite_mtr, np.nan)
-    mtr_scores = m.inplane_neighbour_mean(mtr_nb, slice_axis)
-    off_scores = m.inplane_neighbour_mean(np.where(tissue, mt_off, np.nan), slice_axis)
+    ref_mtr = _reference_mtr(finite_mtr, dseg, table, profile)
+    pair = np.stack([np.asarray(mt_on, dtype=float), np.asarray(mt_off, dtype=float)])
 
     def row(roi, hemi, measure, value, unit, method, reference="n/a"):
         value = float(value) if value is not None and np.isfinite(value) else None
@@ -279,20 +280,26 @@ def mt_rows(mtr_map: np.ndarray, enhancement: np.ndarray, mt_on: np.ndarray, mt_
 
     for roi, ref_roi in profile.references.items():
         ref = refs[ref_roi]
+        ref_mask = masks.get((ref_roi, "bilateral"), np.zeros(dseg.shape, bool))
+        # the noise of each image of the pair, for SIMEX (as the QC snr's, in the reference)
+        noise = np.array([m.noise_sd(img, ref_mask, slice_axis, profile.min_voxels) for img in pair])
+        method = profile.mtr_method.get(roi, MTR_NUCLEUS_METHOD)
         for hemi in HEMIS:
             cov = coverage.get((roi, hemi), np.nan)
             roi_mask = masks.get((roi, hemi))
             if not (np.isfinite(cov) and cov >= profile.min_coverage):
                 roi_mask = None
-            rich = nucleus = None
+            rich = None
+            estimates = dict.fromkeys((method, MTR_NUCLEUS_METHOD))  # the default and what it refines
             if roi_mask is not None:
                 rich = roi_mask.copy()
                 rich[roi_mask] = m.threshold_mask(on_tissue[roi_mask], ref["value"], ref["sd"], profile.threshold_k)
                 volume = profile.top_volume_of(roi) * (2 if hemi == "bilateral" else 1)
-                sel = roi_mask & tissue
-                nucleus = m.mtr_nucleus(mtr_nb[sel], mtr_scores[sel], off_scores[sel], volume, voxel_volume,
-                                        profile.min_voxels)
-            row(roi, hemi, "mtr", nucleus, "percent", MTR_NUCLEUS_METHOD)
+                values_of = _nucleus_mtr(pair, roi_mask, ref_mtr, profile, volume, voxel_volume, slice_axis)
+                estimates = {variant: values_of(variant.startswith(SIMEX), noise) for variant in estimates}
+            row(roi, hemi, "mtr", estimates.pop(method), "percent", method)
+            for variant, value in estimates.items():  # the estimate the default refines, kept selectable
+                row(roi, hemi, f"mtr_{variant}", value, "percent", variant)
             row(roi, hemi, "mtr_roimean", mean_of(mtr_tissue, roi_mask), "percent", "roi_mean")
             row(roi, hemi, "mtr_threshold", mean_of(mtr_tissue, rich), "percent", k, ref_roi)
             row(roi, hemi, "mt_enhancement", mean_of(enh_tissue, roi_mask), "ratio", "roi_mean")
@@ -302,17 +309,47 @@ def mt_rows(mtr_map: np.ndarray, enhancement: np.ndarray, mt_on: np.ndarray, mt_
     return rows
 
 
-def _tissue_by_neighbours(mtr_map: np.ndarray, dseg: np.ndarray, table: pd.DataFrame,
-                          profile: AcquisitionProfile, slice_axis: int) -> np.ndarray:
+def _nucleus_mtr(pair, mask, ref_mtr, profile, volume, voxel_volume, axis):
+    """``values(corrected, noise)``: the nucleus MTR (``measures.mtr_nucleus``) of the search
+    region ``mask`` from the MT pair ``pair`` (on, off stacked), taken to no noise by
+    ``measures.simex`` when ``corrected`` (``noise``: the sd of each image).
+
+    The crop is two voxels wider than the region in plane: a voxel's score is the mean of its
+    tissue neighbours, and whether a neighbour is tissue depends on its own neighbours."""
+    box = roi_crop(mask, axis, pad=2)
+    inside = mask[box]
+
+    def nucleus(crop):
+        on, off = crop
+        mtr_map = np.where(np.isfinite(on) & np.isfinite(off), m.mtr(on, off), np.nan)
+        tissue = _tissue_by_neighbours(mtr_map, ref_mtr, profile, axis)
+        mtr_nb = np.where(tissue, mtr_map, np.nan)
+        mtr_scores = m.inplane_neighbour_mean(mtr_nb, axis)
+        off_scores = m.inplane_neighbour_mean(np.where(tissue, off, np.nan), axis)
+        sel = inside & tissue
+        return m.mtr_nucleus(mtr_nb[sel], mtr_scores[sel], off_scores[sel], volume, voxel_volume,
+                             profile.min_voxels)
+
+    crop = pair[(slice(None),) + box]
+    return lambda corrected, noise: _estimate(nucleus, crop, corrected, noise[:, None, None, None])
+
+
+def _reference_mtr(mtr_map: np.ndarray, dseg: np.ndarray, table: pd.DataFrame,
+                   profile: AcquisitionProfile) -> float:
+    """Median MTR of the profile's reference regions (NaN when they are empty)."""
+    refs = np.isin(dseg, table.loc[table["roi"].isin(set(profile.references.values())), "index"])
+    return float(np.nanmedian(mtr_map[refs])) if refs.any() else float("nan")
+
+
+def _tissue_by_neighbours(mtr_map: np.ndarray, ref_mtr: float, profile: AcquisitionProfile,
+                          slice_axis: int) -> np.ndarray:
     """Tissue voxels of an MT pair judged by their neighbours: the mean MTR of the 8 in-plane
-    neighbours above ``profile.tissue_mtr_fraction`` times the median MTR of the profile's
-    reference regions, and the voxel's own MTR finite. All finite voxels when the profile has
-    no such fraction."""
+    neighbours above ``profile.tissue_mtr_fraction`` times ``ref_mtr`` (the reference regions'
+    median MTR), and the voxel's own MTR finite. All finite voxels when the profile has no
+    such fraction."""
     finite = np.isfinite(mtr_map)
     if profile.tissue_mtr_fraction is None:
         return finite
-    refs = np.isin(dseg, table.loc[table["roi"].isin(set(profile.references.values())), "index"])
-    ref_mtr = float(np.nanmedian(mtr_map[refs])) if refs.any() else float("nan")
     return finite & m.mt_tissue_mask(m.inplane_neighbour_mean(mtr_map, slice_axis), ref_mtr,
                                      profile.tissue_mtr_fraction)
 

@@ -469,6 +469,21 @@ def test_simex_of_a_second_moment_is_the_moment_correction():
     assert math.isnan(out[0]) and np.isfinite(out[1])
 
 
+def test_simex_of_a_stack_takes_one_noise_sd_per_image():
+    """An MT pair is a stack of two images with their own noise: sigma broadcast against the
+    stack adds each image's own, so that the second moment of each is corrected by its own
+    sigma^2 (here 100 and 25 more than mean(mu^2) = 100)."""
+    rng = np.random.default_rng(4)
+    pair = 10.0 + np.array([10.0, 5.0])[:, None] * rng.standard_normal((2, 20000))
+    moments = lambda x: np.mean(x ** 2, axis=1)  # noqa: E731
+    assert moments(pair) == pytest.approx([200.0, 125.0], rel=0.03)
+    corrected = m.simex(moments, pair, np.array([10.0, 5.0])[:, None])
+    assert corrected == pytest.approx([100.0, 100.0], rel=0.03)
+    # one sd for both images over-corrects the quieter one
+    assert m.simex(moments, pair, 10.0)[1] < 60.0
+    assert math.isnan(m.simex(moments, pair, np.array([10.0, nan])[:, None])[0])
+
+
 def _band_nucleus(sigma, seed, cr=0.3):
     """A 3 x 15 voxel band nucleus blurred by a 0.7 voxel Gaussian (its partial-volume rim),
     4 slices, contrast ``cr`` at its core against a flat 100, a 20 x 20 search region, white
