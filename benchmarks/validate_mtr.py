@@ -31,7 +31,6 @@ from validation.runs import run_participant_level, stamp  # noqa: E402
 from validation.report import md_table  # noqa: E402
 
 NAMES = {"mtr": "`mtr` (nucleus, new default)", "mtr_roimean": "`mtr_roimean` (region mean, old default)",
-         "mtr_neighbour_residual_top_volume": "`mtr_neighbour_residual_top_volume` (nucleus without SIMEX)",
          "core": "true core (re-measured)", "lowest": "lowest-MTR voxels (re-measured)"}
 
 

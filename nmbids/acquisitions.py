@@ -41,6 +41,15 @@ NEIGHBOUR = "neighbour_"
 SIMEX = "simex_"
 
 
+# The target ROIs whose voxels are chosen by their 8 nearest neighbours on every image, also
+# where the image's noise is shared by adjacent voxels (``measures.neighbour_distance`` 2): the
+# LC is a column about 2 mm across, and a ring two voxels out lies at its edge or outside it
+# at NM pixel sizes. On 2x zero-filled phantom images (benchmarks/zero_fill_study.py, 0.4 mm
+# pixels, SNR 14 and 28) the ring read GRE-MT LC 0.56-0.61 of the truth (r 0.48-0.68) and
+# FSE LC 0.40-0.57, the nearest 1.05-1.18 (r 0.46-0.74) and 0.94-1.12 (independent noise:
+# 0.93 and 0.76-0.84).
+NEAREST_ONLY = frozenset({"LC"})
+
 TOP_VOLUME_MM3 = {"SN": 50.0, "VTA": 20.0}
 # MT pairs: the ``mtr`` of a target ROI is the MTR of the nucleus found in its search region
 # (``measures.mtr_nucleus``), over the profile's fixed volume per side. The LC (about 50 mm³
@@ -56,9 +65,6 @@ class AcquisitionProfile:
     references: dict = field(default_factory=dict)
     # default method of the ``cr`` measure for each target ROI
     cr_method: dict = field(default_factory=dict)
-    # MT pairs: default method of the ``mtr`` measure for each target ROI (absent:
-    # MTR_NUCLEUS_METHOD; SIMEX + it: taken to no noise by SIMEX)
-    mtr_method: dict = field(default_factory=dict)
     threshold_k: float = 3.0  # NM-rich voxels: I > ref + k·sd(ref)
     # where each target ROI is measured (absent: "native", the NM grid; "template": the NM
     # image pushed to the template, with the template's ROIs and reference regions)

@@ -109,6 +109,7 @@ def qc_row(*, participant: str, session_id: str, source: str, acq_type: str, mot
         "participant_id": f"sub-{participant}", "session_id": session_id, "source": source, "acq_type": acq_type,
         "n_repeats": len(motion), "motion_mean_mm": float(np.mean(motion[1:])) if len(motion) > 1 else 0.0,
         "motion_max_mm": float(np.max(motion)), "snr": results["snr"],
+        "neighbour_distance": results.get("neighbour_distance"),
         "nm2t1w_similarity": similarity, "t1w2template_similarity": template_similarity,
         "coverage_SN": cov.get("SN_bilateral"), "coverage_VTA": cov.get("VTA_bilateral"),
         "coverage_LC": cov.get("LC_bilateral"), "flags": ";".join(flags) if flags else None}

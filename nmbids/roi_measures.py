@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from . import measures as m
-from .acquisitions import MTR_NUCLEUS_METHOD, NEIGHBOUR, SIMEX, AcquisitionProfile
+from .acquisitions import MTR_NUCLEUS_METHOD, NEAREST_ONLY, NEIGHBOUR, SIMEX, AcquisitionProfile
 
 HEMIS = ("L", "R", "bilateral")
 
@@ -89,14 +89,19 @@ def measure_grid(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage
 
     # Reference regions: pooled over both sides (a per-side reference would fold slab
     # tilt and bias into the left-right difference).
-    for ref_roi in sorted(set(profile.references.values())):
-        values = nm[masks.get((ref_roi, "bilateral"), np.zeros(nm.shape, bool))]
+    ref_rois = sorted(set(profile.references.values()))
+    none = np.zeros(nm.shape, bool)
+    # whether adjacent voxels share their noise is a property of the image's reconstruction:
+    # one neighbour distance for every score and noise estimate of the image
+    distance = m.neighbour_distance(nm, np.any([masks.get((r, "bilateral"), none) for r in ref_rois], axis=0),
+                                    slice_axis, profile.min_voxels)
+    for ref_roi in ref_rois:
+        values = nm[masks.get((ref_roi, "bilateral"), none)]
         ref = m.reference_value(values, ref_stat, min_voxels=profile.min_voxels)
         sd = float(np.nanstd(values, ddof=1)) if np.isfinite(values).sum() > 1 else float("nan")
-        noise = m.noise_sd(nm, masks.get((ref_roi, "bilateral"), np.zeros(nm.shape, bool)), slice_axis,
-                           profile.min_voxels)
-        refs[ref_roi] = {"value": ref, "sd": sd, "noise_sd": noise, "n": int(np.isfinite(values).sum()),
-                         "values": values}
+        noise = m.noise_sd(nm, masks.get((ref_roi, "bilateral"), none), slice_axis, profile.min_voxels, distance)
+        refs[ref_roi] = {"value": ref, "sd": sd, "noise_sd": noise, "neighbour_distance": distance,
+                         "n": int(np.isfinite(values).sum()), "values": values}
         row(ref_roi, "bilateral", "reference_value", ref, "a.u.", "reference", "n/a", ref_stat)
 
     for roi, ref_roi in targets.items():
@@ -124,12 +129,14 @@ def measure_grid(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage
             if base in ("top_volume", "max_per_slice"):
                 mask = masks[(roi, hemi)] if measurable and (roi, hemi) in masks else None
                 noise = refs[ref_roi]["noise_sd"]
+                reach = 1 if roi in NEAREST_ONLY else distance  # how far the neighbours that choose lie
                 if base == "top_volume":  # a fixed volume per side: twice as much for both sides
                     volume = profile.top_volume_of(roi) * (2 if hemi == "bilateral" else 1)
-                    values_of = _top_volume(nm, mask, ref, volume, voxel_volume, profile.min_voxels, slice_axis)
+                    values_of = _top_volume(nm, mask, ref, volume, voxel_volume, profile.min_voxels, slice_axis,
+                                            reach)
                 else:
                     values_of = _slice_max(nm, mask, masks.get((ref_roi, "bilateral")), ref_stat, profile,
-                                           slice_axis, inferior_first)
+                                           slice_axis, inferior_first, reach)
                 estimates = {variant: values_of(variant.startswith(SIMEX), variant != base, noise)
                              for variant in dict.fromkeys((method, selection, base))}
                 if base == "max_per_slice":  # the LC's thirds, from the default's slice profile
@@ -165,11 +172,12 @@ def _estimate(estimate, crop: np.ndarray, corrected: bool, noise: float):
     return m.simex(estimate, crop, noise) if corrected else estimate(crop)
 
 
-def _top_volume(nm, mask, ref, volume, voxel_volume, min_voxels, axis):
+def _top_volume(nm, mask, ref, volume, voxel_volume, min_voxels, axis, distance):
     """``values(corrected, by_neighbours, noise)``: the top-volume CR of the ROI ``mask``
-    (None: not measurable, NaN), its voxels chosen by their neighbours or by brightness."""
+    (None: not measurable, NaN), its voxels chosen by their neighbours (at ``distance``) or by
+    brightness."""
     measurable = mask is not None and mask.any()
-    box = roi_crop(mask, axis) if measurable else None  # once for every variant
+    box = roi_crop(mask, axis, distance) if measurable else None  # once for every variant
     inside = mask[box] if measurable else None
 
     def values(corrected: bool, by_neighbours: bool, noise: float) -> float:
@@ -177,20 +185,21 @@ def _top_volume(nm, mask, ref, volume, voxel_volume, min_voxels, axis):
             return np.nan
 
         def estimate(img):
-            scores = m.inplane_neighbour_mean(img, axis)[inside] if by_neighbours else None
+            scores = m.inplane_neighbour_mean(img, axis, distance)[inside] if by_neighbours else None
             return m.cr_top_volume(img[inside], ref, volume, voxel_volume, min_voxels, scores=scores)
         return _estimate(estimate, nm[box], corrected, noise)
     return values
 
 
-def _slice_max(nm, mask, ref_mask, ref_stat, profile, axis, inferior_first):
+def _slice_max(nm, mask, ref_mask, ref_stat, profile, axis, inferior_first, distance):
     """``values(corrected, by_neighbours, noise)``: the slice-wise max CR profile of the ROI
     ``mask`` (``measures.slice_max_cr``), ordered inferior → superior, each slice against the
     reference of its slice (kept from the image as it is when corrected: SIMEX takes the
-    choice of voxels to no noise, not the reference's median or mode)."""
+    choice of voxels to no noise, not the reference's median or mode); neighbours at
+    ``distance``."""
     measurable = mask is not None and ref_mask is not None and mask.any()
     refs = m.slice_references(nm, ref_mask, axis, ref_stat, profile.min_voxels) if measurable else None
-    box = roi_crop(mask, axis) if measurable else None  # once for every variant
+    box = roi_crop(mask, axis, distance) if measurable else None  # once for every variant
     inside = mask[box] if measurable else None
 
     def values(corrected: bool, by_neighbours: bool, noise: float) -> np.ndarray:
@@ -198,7 +207,7 @@ def _slice_max(nm, mask, ref_mask, ref_stat, profile, axis, inferior_first):
             return np.full(nm.shape[axis], np.nan)
 
         def estimate(img):
-            scores = m.inplane_neighbour_mean(img, axis) if by_neighbours else None
+            scores = m.inplane_neighbour_mean(img, axis, distance) if by_neighbours else None
             return m.slice_top_mean(img, inside, axis, scores=scores)
         top = np.full(nm.shape[axis], np.nan)
         top[box[axis]] = _estimate(estimate, nm[box], corrected, noise)
@@ -263,10 +272,9 @@ def mt_rows(mtr_map: np.ndarray, enhancement: np.ndarray, mt_on: np.ndarray, mt_
     mtr_tissue = np.where(fluid, np.nan, mtr_map)
     enh_tissue = np.where(fluid, np.nan, enhancement)
     # the nucleus's MTR judges fluid by the neighbours' MTR, against the reference regions'
-    # median MTR of the images as they are (also when SIMEX adds noise to them)
+    # median MTR
     finite_mtr = np.where(np.isfinite(mt_off) & np.isfinite(mt_on), mtr_map, np.nan)
     ref_mtr = _reference_mtr(finite_mtr, dseg, table, profile)
-    pair = np.stack([np.asarray(mt_on, dtype=float), np.asarray(mt_off, dtype=float)])
 
     def row(roi, hemi, measure, value, unit, method, reference="n/a"):
         value = float(value) if value is not None and np.isfinite(value) else None
@@ -280,26 +288,21 @@ def mt_rows(mtr_map: np.ndarray, enhancement: np.ndarray, mt_on: np.ndarray, mt_
 
     for roi, ref_roi in profile.references.items():
         ref = refs[ref_roi]
-        ref_mask = masks.get((ref_roi, "bilateral"), np.zeros(dseg.shape, bool))
-        # the noise of each image of the pair, for SIMEX (as the QC snr's, in the reference)
-        noise = np.array([m.noise_sd(img, ref_mask, slice_axis, profile.min_voxels) for img in pair])
-        method = profile.mtr_method.get(roi, MTR_NUCLEUS_METHOD)
+        # the MT-on image's distance (the pair shares its reconstruction), the nearest for the LC
+        distance = 1 if roi in NEAREST_ONLY else ref["neighbour_distance"]
         for hemi in HEMIS:
             cov = coverage.get((roi, hemi), np.nan)
             roi_mask = masks.get((roi, hemi))
             if not (np.isfinite(cov) and cov >= profile.min_coverage):
                 roi_mask = None
-            rich = None
-            estimates = dict.fromkeys((method, MTR_NUCLEUS_METHOD))  # the default and what it refines
+            rich = nucleus = None
             if roi_mask is not None:
                 rich = roi_mask.copy()
                 rich[roi_mask] = m.threshold_mask(on_tissue[roi_mask], ref["value"], ref["sd"], profile.threshold_k)
                 volume = profile.top_volume_of(roi) * (2 if hemi == "bilateral" else 1)
-                values_of = _nucleus_mtr(pair, roi_mask, ref_mtr, profile, volume, voxel_volume, slice_axis)
-                estimates = {variant: values_of(variant.startswith(SIMEX), noise) for variant in estimates}
-            row(roi, hemi, "mtr", estimates.pop(method), "percent", method)
-            for variant, value in estimates.items():  # the estimate the default refines, kept selectable
-                row(roi, hemi, f"mtr_{variant}", value, "percent", variant)
+                nucleus = _nucleus_mtr(mt_on, mt_off, roi_mask, ref_mtr, profile, volume, voxel_volume,
+                                       slice_axis, distance)
+            row(roi, hemi, "mtr", nucleus, "percent", MTR_NUCLEUS_METHOD)
             row(roi, hemi, "mtr_roimean", mean_of(mtr_tissue, roi_mask), "percent", "roi_mean")
             row(roi, hemi, "mtr_threshold", mean_of(mtr_tissue, rich), "percent", k, ref_roi)
             row(roi, hemi, "mt_enhancement", mean_of(enh_tissue, roi_mask), "ratio", "roi_mean")
@@ -309,29 +312,22 @@ def mt_rows(mtr_map: np.ndarray, enhancement: np.ndarray, mt_on: np.ndarray, mt_
     return rows
 
 
-def _nucleus_mtr(pair, mask, ref_mtr, profile, volume, voxel_volume, axis):
-    """``values(corrected, noise)``: the nucleus MTR (``measures.mtr_nucleus``) of the search
-    region ``mask`` from the MT pair ``pair`` (on, off stacked), taken to no noise by
-    ``measures.simex`` when ``corrected`` (``noise``: the sd of each image).
+def _nucleus_mtr(mt_on, mt_off, mask, ref_mtr, profile, volume, voxel_volume, axis, distance) -> float:
+    """The nucleus MTR (``measures.mtr_nucleus``) of the search region ``mask``, neighbours at
+    ``distance``, measured on the region's crop.
 
-    The crop is two voxels wider than the region in plane: a voxel's score is the mean of its
-    tissue neighbours, and whether a neighbour is tissue depends on its own neighbours."""
-    box = roi_crop(mask, axis, pad=2)
-    inside = mask[box]
-
-    def nucleus(crop):
-        on, off = crop
-        mtr_map = np.where(np.isfinite(on) & np.isfinite(off), m.mtr(on, off), np.nan)
-        tissue = _tissue_by_neighbours(mtr_map, ref_mtr, profile, axis)
-        mtr_nb = np.where(tissue, mtr_map, np.nan)
-        mtr_scores = m.inplane_neighbour_mean(mtr_nb, axis)
-        off_scores = m.inplane_neighbour_mean(np.where(tissue, off, np.nan), axis)
-        sel = inside & tissue
-        return m.mtr_nucleus(mtr_nb[sel], mtr_scores[sel], off_scores[sel], volume, voxel_volume,
-                             profile.min_voxels)
-
-    crop = pair[(slice(None),) + box]
-    return lambda corrected, noise: _estimate(nucleus, crop, corrected, noise[:, None, None, None])
+    The crop is two neighbour distances wider than the region in plane: a voxel's score is
+    the mean of its tissue neighbours, and whether a neighbour is tissue depends on its own
+    neighbours."""
+    box = roi_crop(mask, axis, pad=2 * distance)
+    on, off = np.asarray(mt_on, dtype=float)[box], np.asarray(mt_off, dtype=float)[box]
+    mtr_map = np.where(np.isfinite(on) & np.isfinite(off), m.mtr(on, off), np.nan)
+    tissue = _tissue_by_neighbours(mtr_map, ref_mtr, profile, axis, distance)
+    mtr_nb = np.where(tissue, mtr_map, np.nan)
+    mtr_scores = m.inplane_neighbour_mean(mtr_nb, axis, distance)
+    off_scores = m.inplane_neighbour_mean(np.where(tissue, off, np.nan), axis, distance)
+    sel = mask[box] & tissue
+    return m.mtr_nucleus(mtr_nb[sel], mtr_scores[sel], off_scores[sel], volume, voxel_volume, profile.min_voxels)
 
 
 def _reference_mtr(mtr_map: np.ndarray, dseg: np.ndarray, table: pd.DataFrame,
@@ -342,15 +338,15 @@ def _reference_mtr(mtr_map: np.ndarray, dseg: np.ndarray, table: pd.DataFrame,
 
 
 def _tissue_by_neighbours(mtr_map: np.ndarray, ref_mtr: float, profile: AcquisitionProfile,
-                          slice_axis: int) -> np.ndarray:
-    """Tissue voxels of an MT pair judged by their neighbours: the mean MTR of the 8 in-plane
-    neighbours above ``profile.tissue_mtr_fraction`` times ``ref_mtr`` (the reference regions'
-    median MTR), and the voxel's own MTR finite. All finite voxels when the profile has no
-    such fraction."""
+                          slice_axis: int, distance: int) -> np.ndarray:
+    """Tissue voxels of an MT pair judged by their neighbours: the mean MTR of the in-plane
+    neighbours at ``distance`` above ``profile.tissue_mtr_fraction`` times ``ref_mtr`` (the
+    reference regions' median MTR), and the voxel's own MTR finite. All finite voxels when
+    the profile has no such fraction."""
     finite = np.isfinite(mtr_map)
     if profile.tissue_mtr_fraction is None:
         return finite
-    return finite & m.mt_tissue_mask(m.inplane_neighbour_mean(mtr_map, slice_axis), ref_mtr,
+    return finite & m.mt_tissue_mask(m.inplane_neighbour_mean(mtr_map, slice_axis, distance), ref_mtr,
                                      profile.tissue_mtr_fraction)
 
 

@@ -335,6 +335,27 @@ def test_noise_free_image_has_the_true_contrast(noise_free):
             assert mtr_cc == pytest.approx(a["mtr"]["CC"]["bilateral"], abs=1.0)
 
 
+def test_zero_filled_noise_is_shared_by_adjacent_voxels():
+    """--nm-zero-fill 2: noise of sd sigma per channel, correlated between adjacent voxels as a
+    zero-filled reconstruction's (about 0.64, a sinc's at half a pixel), so that nmbids judges
+    the image to need the ring of 16 neighbours; 1 (the default): independent noise."""
+    from nmbids import measures as m
+    from nmbids.phantom.acquisition import rician, zero_filled_noise
+    from nmbids.phantom.options import Options
+
+    rng = np.random.default_rng(0)
+    noise = zero_filled_noise(rng, (81, 64, 3), 2)
+    assert noise.shape == (81, 64, 3)
+    assert noise.real.std() == pytest.approx(1.0, abs=0.05) and noise.imag.std() == pytest.approx(1.0, abs=0.05)
+    assert np.corrcoef(noise.real[:-1].ravel(), noise.real[1:].ravel())[0, 1] == pytest.approx(0.64, abs=0.05)
+    flat = np.full((80, 64, 3), 1000.0, np.float32)
+    mask = np.ones(flat.shape, bool)
+    assert m.neighbour_distance(rician(rng, flat, 50.0, zero_fill=2), mask) == 2
+    assert m.neighbour_distance(rician(rng, flat, 50.0), mask) == 1
+    with pytest.raises(ValueError, match="zero-fill"):
+        Options(nm_zero_fill=0).validate()
+
+
 def test_high_snr_image_recovers_contrast(tmp_path):
     sim.simulate_dataset(tmp_path, n_subjects=1, seed=8, acq="gremt", snr=400, bias=0.0, **FINE)
     truth = json.loads((tmp_path / "truth.json").read_text())

@@ -244,6 +244,53 @@ def test_gremt_sn_cr_is_the_neighbour_choice_taken_to_no_noise():
     assert _value(rows, "SN", "L", "cr") != pytest.approx(_value(rows, "SN", "L", "cr_neighbour_top_volume"))
 
 
+def test_zero_filled_image_scores_voxels_by_the_ring_beyond_the_nearest():
+    """An image whose adjacent voxels share their noise (2 x zero-filled): measure_grid judges
+    it once from the reference regions (``neighbour_distance`` 2 in ``refs``, for the QC), and
+    the neighbour-chosen CR and the noise sd (SIMEX's, the QC snr's) use the ring of 16."""
+    from test_measures import _fine_band_nucleus
+
+    img, roi, ref, _, _ = _fine_band_nucleus(100.0 / 8, 1)
+    dseg = np.where(roi, 1, np.where(ref, 7, 0))
+    coverage = {("SN", "L"): 1.0, ("SN", "bilateral"): 1.0}
+    rows, refs = measure_grid(img, dseg, TABLE, coverage, PROFILES["GREMT"], "median", voxel_volume=1.0)
+    assert refs["CC"]["neighbour_distance"] == 2
+    assert refs["CC"]["noise_sd"] == pytest.approx(m.noise_sd(img, dseg == 7, distance=2))
+    r = refs["CC"]["value"]
+    ring = m.cr_top_volume(img[roi], r, 50.0, 1.0, scores=m.inplane_neighbour_mean(img, 2, 2)[roi])
+    nearest = m.cr_top_volume(img[roi], r, 50.0, 1.0, scores=m.inplane_neighbour_mean(img)[roi])
+    assert _value(rows, "SN", "L", "cr_neighbour_top_volume") == pytest.approx(ring)
+    assert ring != pytest.approx(nearest)
+    # independent noise: the 8 nearest, as before
+    white = np.where(np.isfinite(img), 100 + np.random.default_rng(2).normal(0, 12.5, img.shape), np.nan)
+    _, refs = measure_grid(white, dseg, TABLE, coverage, PROFILES["GREMT"], "median", voxel_volume=1.0)
+    assert refs["CC"]["neighbour_distance"] == 1
+
+
+def test_lc_keeps_the_nearest_neighbours_on_a_zero_filled_image(monkeypatch):
+    """The LC (acquisitions.NEAREST_ONLY, a column about 2 mm across) is chosen by its 8
+    nearest neighbours whatever the image's neighbour distance; the SN takes the image's."""
+    from test_measures import _fine_band_nucleus
+
+    from nmbids import roi_measures
+
+    img, roi, ref, _, _ = _fine_band_nucleus(100.0 / 8, 3)
+    dseg = np.where(roi, 1, np.where(ref, 7, 0))
+    dseg[roi & (np.arange(60)[:, None, None] >= 30)] = 5  # the lower half of the region: LC_L
+    dseg[ref & (np.arange(60)[:, None, None] >= 30)] = 9  # and its reference, PT
+    coverage = {(r, h): 1.0 for r in ("SN", "LC") for h in ("L", "bilateral")}
+
+    def measured():
+        rows, refs = measure_grid(img, dseg, TABLE, coverage, PROFILES["GREMT"], "median", voxel_volume=1.0)
+        return {r: _value(rows, r, "L", "cr_neighbour_top_volume" if r == "SN" else "cr") for r in ("SN", "LC")}, refs
+    judged, refs = measured()
+    assert refs["CC"]["neighbour_distance"] == 2
+    monkeypatch.setattr(roi_measures.m, "neighbour_distance", lambda *a, **k: 1)
+    nearest, _ = measured()
+    assert judged["LC"] == pytest.approx(nearest["LC"])
+    assert judged["SN"] != pytest.approx(nearest["SN"])
+
+
 def test_default_lc_cr_chooses_voxels_by_their_neighbours():
     """neighbour_max_per_slice (the LC default): per slice the 3 voxels with the brightest
     neighbourhoods; the brightest voxels stay in cr_max_per_slice."""

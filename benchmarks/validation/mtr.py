@@ -43,9 +43,7 @@ from .measure import load_measures, truth_acqs
 SNRS = (14.0, 25.0)  # per image, in white matter
 REPEATS = (1, 3)
 REGIME_CR = {"below": 0.12, "above": -0.10}  # added to every nucleus's CR (GRE-MT units)
-# ``mtr_neighbour_residual_top_volume``: the nucleus MTR without SIMEX, in the table where the
-# ROI's default ``mtr`` takes it to no noise
-MEASURES = ("mtr", "mtr_neighbour_residual_top_volume", "mtr_roimean", "core", "lowest")
+MEASURES = ("mtr", "mtr_roimean", "core", "lowest")
 TARGETS = ("SN", "VTA", "LC")
 GOAL = (0.8, 1.2)  # slope and measured/true
 CORE = 0.9  # truth probseg fraction of the "core" voxels
@@ -139,8 +137,6 @@ def summary(values: pd.DataFrame) -> pd.DataFrame:
     the median of measured/true."""
     rows = []
     for (snr, rep, roi, measure), g in values.groupby(["snr", "repeats", "roi", "measure"], sort=False):
-        if g.est.isna().all():  # a measure this ROI's table does not have
-            continue
         for regime, gg in [("all", g)] + [(r, g[g.regime == r]) for r in REGIME_CR]:
             rec = st.recovery(gg.est.to_numpy(), gg.true.to_numpy())
             ratio = (gg.est / gg.true).dropna()

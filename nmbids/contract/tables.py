@@ -8,7 +8,7 @@ column descriptions (``group/outputs.py``).
 from __future__ import annotations
 
 from ..acquisitions import MTR_NUCLEUS_METHOD, MTR_TOP_VOLUME_MM3, PROFILES, SIMEX, TOP_VOLUME_MM3
-from ..measures import SIMEX_DRAWS, SIMEX_LEVELS
+from ..measures import SHARED_NOISE_RATIO, SIMEX_DRAWS, SIMEX_LEVELS
 from .thresholds import flag_rules
 
 MEASURE_COLUMNS = ["participant_id", "session_id", "source", "acq_type", "roi", "hemi", "measure",
@@ -16,7 +16,7 @@ MEASURE_COLUMNS = ["participant_id", "session_id", "source", "acq_type", "roi", 
 MEASURE_REQUIRED = ["participant_id", "roi", "hemi", "measure", "value"]  # a table without them is unusable
 
 QC_COLUMNS = ["participant_id", "session_id", "source", "acq_type", "n_repeats", "motion_mean_mm",
-              "motion_max_mm", "snr", "nm2t1w_similarity", "t1w2template_similarity",
+              "motion_max_mm", "snr", "neighbour_distance", "nm2t1w_similarity", "t1w2template_similarity",
               "coverage_SN", "coverage_VTA", "coverage_LC", "flags"]
 QC_REQUIRED = ["participant_id"]
 QC_NUMERIC = [c for c in QC_COLUMNS if c not in ("participant_id", "session_id", "source", "acq_type", "flags")]
@@ -28,8 +28,15 @@ ACQ_TYPES = {"GREMT": "gradient echo with magnetization transfer", "FSE": "T1-we
 SNR_DESCRIPTION = ("SNR of the NM image as measured (repeats averaged, bias-corrected): the reference "
                    "value of the map's reference region (crus cerebri; pontine tegmentum for FSE) over "
                    "the noise sd estimated in that region from each voxel's difference to the mean of its "
-                   "8 in-plane neighbours (1.4826 x MAD / sqrt(1 + 1/8)); the tissue's own spread does "
-                   "not count as noise")
+                   "R in-plane neighbours at neighbour_distance (R = 8 at 1, 16 at 2; 1.4826 x MAD / "
+                   "sqrt(1 + 1/R)); the tissue's own spread does not count as noise")
+NEIGHBOUR_DISTANCE_DESCRIPTION = (
+    "in-plane distance of the neighbours whose mean chooses the voxels of the neighbour_* CR and "
+    "MTR methods and estimates the noise: 1 (the 8 nearest) when adjacent voxels have independent "
+    "noise; 2 (the ring of 16 beyond them) when they share it, as in images reconstructed on a finer "
+    "grid than acquired (zero-filling, 'interpolation'): the noise sd from the 8 nearest is below "
+    f"{SHARED_NOISE_RATIO:g} x the one from the ring of 16 in the reference regions (measures.neighbour_distance). "
+    "The LC's voxels are chosen by the 8 nearest on every image (a column about 2 mm across)")
 
 
 def measure_levels(ref_stat: str | None = None) -> dict[str, tuple[str, str]]:
@@ -141,6 +148,7 @@ def qc_dictionary() -> dict:
                            "Units": "mm"},
         "motion_max_mm": {"Description": "largest displacement of any repeat relative to the first", "Units": "mm"},
         "snr": {"Description": SNR_DESCRIPTION, "Units": "ratio"},
+        "neighbour_distance": {"Description": NEIGHBOUR_DISTANCE_DESCRIPTION, "Units": "voxels"},
         "nm2t1w_similarity": {"Description": "|Pearson r| between the NM slab and the T1w resampled onto it "
                                              "after rigid registration, inside the slab"},
         "t1w2template_similarity": {"Description": "|Pearson r| between the warped T1w and the template "

@@ -338,6 +338,7 @@ class QuantifyNM(SimpleInterface):
             "references": {k: {kk: vv for kk, vv in v.items() if kk != "values"} for k, v in refs.items()},
             "coverage": {f"{roi}_{hemi}": cov for (roi, hemi), cov in coverage.items()},
             "snr": qc_snr(refs, profile.map_reference),
+            "neighbour_distance": next((r["neighbour_distance"] for r in refs.values()), None),
             "map_reference": profile.map_reference,
         }
         out["results"] = os.path.join(cwd, "results.json")

@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--deform-mm", type=float, default=d.deform_mm, help="max deformation, mm (3)")
     p.add_argument("--bias", type=float, default=d.bias, help="bias field strength (0.15; 0 = none)")
     p.add_argument("--noise-free", action="store_true", help="no noise and no bias field")
+    p.add_argument("--nm-zero-fill", type=int, default=d.nm_zero_fill,
+                   help="NM noise zero-filled from a grid this many times coarser in plane, as a scanner's "
+                        "interpolated reconstruction makes it (1: independent noise; default 1)")
     p.add_argument("--naming-variants", action="store_true",
                    help="spread NM file names seen in the wild across subjects")
     p.add_argument("--sessions", type=int, default=d.sessions, help="sessions per subject (1)")
@@ -90,7 +93,8 @@ def main(argv=None) -> int:
             repeats_layout="runs" if args.repeats_as_runs else args.repeats_layout,
             max_tilt=args.max_tilt,
             motion_mm=args.motion_mm, motion_deg=args.motion_deg, deform_mm=args.deform_mm,
-            bias=args.bias, noise_free=args.noise_free, naming_variants=args.naming_variants,
+            bias=args.bias, noise_free=args.noise_free, nm_zero_fill=args.nm_zero_fill,
+            naming_variants=args.naming_variants,
             sessions=args.sessions,
             groups=tuple(g.strip() for g in args.groups.split(",") if g.strip()),
             effects=tuple(args.effect), sites=args.sites, site_cr_spread=args.site_cr_spread, cr_sd=args.cr_sd,
