@@ -41,7 +41,7 @@ from nmbids.acquisitions import PROFILES  # noqa: E402
 from validation.runs import run_participant_level  # noqa: E402
 
 REPEATS = 2
-ROIS = ("SN", "LC")
+ROIS = ("SN", "VTA", "LC")
 
 
 def cohort(nuclei: str, n_subjects: int, seed: int = 500) -> dict:

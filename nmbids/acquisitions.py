@@ -42,13 +42,15 @@ SIMEX = "simex_"
 
 
 # The target ROIs whose voxels are chosen by their 8 nearest neighbours on every image, also
-# where the image's noise is shared by adjacent voxels (``measures.neighbour_distance`` 2): the
-# LC is a column about 2 mm across, and a ring two voxels out lies at its edge or outside it
-# at NM pixel sizes. On 2x zero-filled phantom images (benchmarks/zero_fill_study.py, 0.4 mm
-# pixels, SNR 14 and 28) the ring read GRE-MT LC 0.56-0.61 of the truth (r 0.48-0.68) and
-# FSE LC 0.40-0.57, the nearest 1.05-1.18 (r 0.46-0.74) and 0.94-1.12 (independent noise:
-# 0.93 and 0.76-0.84).
-NEAREST_ONLY = frozenset({"LC"})
+# where the image's noise is shared by adjacent voxels (``measures.neighbour_distance`` 2): a
+# ring two voxels out finds only a nucleus at least 5 voxels across, and the LC (a column) and
+# the VTA are about 2 mm across, 5 voxels or fewer at NM pixel sizes; the SN band is 3-5 mm.
+# On 2x zero-filled phantom images (benchmarks/zero_fill_study.py, 0.4 mm pixels, SNR 14 and
+# 28) the ring read GRE-MT LC 0.56-0.61 of the truth (r 0.48-0.68), FSE LC 0.40-0.57, GRE-MT
+# VTA 0.85-0.88 (r 0.62-0.74), FSE VTA 0.62-0.65 (r 0.27-0.58); the nearest 1.05-1.18 (r
+# 0.46-0.74), 0.94-1.12, 0.99-1.05 (r 0.80-0.83) and 0.83-1.04 (r 0.73-0.81); independent
+# noise 0.93, 0.76-0.84, 0.94 and 0.72-0.75.
+NEAREST_ONLY = frozenset({"LC", "VTA"})
 
 TOP_VOLUME_MM3 = {"SN": 50.0, "VTA": 20.0}
 # MT pairs: the ``mtr`` of a target ROI is the MTR of the nucleus found in its search region

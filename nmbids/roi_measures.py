@@ -288,7 +288,7 @@ def mt_rows(mtr_map: np.ndarray, enhancement: np.ndarray, mt_on: np.ndarray, mt_
 
     for roi, ref_roi in profile.references.items():
         ref = refs[ref_roi]
-        # the MT-on image's distance (the pair shares its reconstruction), the nearest for the LC
+        # the MT-on image's distance (the pair shares its reconstruction); NEAREST_ONLY: the nearest
         distance = 1 if roi in NEAREST_ONLY else ref["neighbour_distance"]
         for hemi in HEMIS:
             cov = coverage.get((roi, hemi), np.nan)

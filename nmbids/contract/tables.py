@@ -36,7 +36,7 @@ NEIGHBOUR_DISTANCE_DESCRIPTION = (
     "noise; 2 (the ring of 16 beyond them) when they share it, as in images reconstructed on a finer "
     "grid than acquired (zero-filling, 'interpolation'): the noise sd from the 8 nearest is below "
     f"{SHARED_NOISE_RATIO:g} x the one from the ring of 16 in the reference regions (measures.neighbour_distance). "
-    "The LC's voxels are chosen by the 8 nearest on every image (a column about 2 mm across)")
+    "The LC and VTA voxels are chosen by the 8 nearest on every image (nuclei about 2 mm across)")
 
 
 def measure_levels(ref_stat: str | None = None) -> dict[str, tuple[str, str]]:
