@@ -169,6 +169,18 @@ def test_run_py_and_version():
     assert res.returncode == 0 and "nmbids" in res.stdout
 
 
+def _aal3_cohort_run(tmp_path, n_subjects: int, seed: int, snr: float, **phantom):
+    """Simulate ``n_subjects`` with AAL3 nuclei (PHANTOM updated by ``phantom``), run the
+    participant level on them; returns (output folder, truth)."""
+    sim.simulate_dataset(tmp_path, n_subjects=n_subjects, seed=seed, nuclei=str(AAL3), snr=snr,
+                         **dict(PHANTOM, **phantom))
+    out = tmp_path / "out"
+    code = _run(tmp_path / "bids", out, "participant", "-w", tmp_path / "work", "--nprocs", 2,
+                "--registration-quality", "fast", "--skip-bids-validation")
+    assert code == 0
+    return out, json.loads((tmp_path / "truth.json").read_text())
+
+
 # SN CR measured/true must stay in this band at every SNR (issue: noise-independent contrast)
 RATIO_BAND = (0.75, 1.15)
 
@@ -179,13 +191,7 @@ def test_sn_cr_tracks_truth_with_independent_nuclei(tmp_path, snr):
     """Nuclei drawn from AAL3 (independent of nmbids's ROIs), one repeat at SNR 8 and 40: SN CR
     tracks the truth, and its measured/true ratio stays in the band at both SNRs, where the
     brightest-voxel CR (cr_top_volume) reads high at the low SNR."""
-    sim.simulate_dataset(tmp_path, n_subjects=3, seed=21, nuclei=str(AAL3), snr=snr,
-                         **dict(PHANTOM, repeats=1))
-    out = tmp_path / "out"
-    code = _run(tmp_path / "bids", out, "participant", "-w", tmp_path / "work", "--nprocs", 2,
-                "--registration-quality", "fast", "--skip-bids-validation")
-    assert code == 0
-    truth = json.loads((tmp_path / "truth.json").read_text())
+    out, truth = _aal3_cohort_run(tmp_path, 3, 21, snr, repeats=1)
     rows = []
     for i in range(1, 4):
         sub = f"sub-{i:02d}"
@@ -212,13 +218,8 @@ def test_zero_filled_images_are_measured_with_the_ring_of_16(tmp_path):
     (not twice it, as the 8 nearest neighbours estimated), and SN CR stays in the band
     (benchmarks/zero_fill_study.py: 0.92 of the truth, 1.18 with the 8 nearest)."""
     snr, repeats = 14.0, 2
-    sim.simulate_dataset(tmp_path, n_subjects=2, seed=31, nuclei=str(AAL3), snr=snr, nm_zero_fill=2,
-                         **dict(PHANTOM, nm_inplane=0.4, nm_slices=14, repeats=repeats))
-    out = tmp_path / "out"
-    code = _run(tmp_path / "bids", out, "participant", "-w", tmp_path / "work", "--nprocs", 2,
-                "--registration-quality", "fast", "--skip-bids-validation")
-    assert code == 0
-    truth = json.loads((tmp_path / "truth.json").read_text())
+    out, truth = _aal3_cohort_run(tmp_path, 2, 31, snr, nm_zero_fill=2, nm_inplane=0.4, nm_slices=14,
+                                  repeats=repeats)
     ratios = []
     for sub in ("sub-01", "sub-02"):
         qc = pd.read_csv(out / sub / "anat" / f"{sub}_desc-nm_qc.tsv", sep="\t")
