@@ -108,8 +108,9 @@ def measures_dictionary(ref_stat: str | None = None) -> dict:
             "top_volume": f"mean CR of the brightest ROI voxels that {top_volume}: the same volume in "
                           "every subject",
             "neighbour_top_volume": f"mean CR of the ROI voxels that {top_volume}, chosen by the mean of "
-                                    "their 8 in-plane neighbours (the voxel itself left out), so that the "
-                                    "choice does not see the noise of the values averaged",
+                                    "their 8 in-plane neighbours (the voxel itself left out; for the SN the "
+                                    "ring of 16 beyond them on images of QC neighbour_distance 2), so that "
+                                    "the choice does not see the noise of the values averaged",
             SIMEX + "neighbour_top_volume": "neighbour_top_volume taken to no noise by simulation-extrapolation "
                                             f"(measures.simex): re-measured after adding noise of {levels} times "
                                             "the image's noise variance (noise sd of the reference region; "

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..acquisitions import MTR_TOP_VOLUME_MM3, NM_N4_SPLINE_MM, PROFILES, SIMEX, TOP_VOLUME_MM3
 from ..cit168_atlas import CITATION as CIT168_CITATION, THRESHOLD as CIT168_THRESHOLD
 from ..contract import names
-from ..measures import SIMEX_DRAWS, SIMEX_LEVELS
+from ..measures import SHARED_NOISE_RATIO, SIMEX_DRAWS, SIMEX_LEVELS
 from ..outputs import atomic_write_text
 
 # Reference texts, cited in the paragraphs below as {key}.
@@ -116,7 +116,10 @@ _PARAGRAPHS = (
     "chosen by the mean intensity of their 8 in-plane neighbours, the voxel itself left out, "
     "so that the choice is independent of the noise of the values averaged (choosing the "
     "brightest voxels biases CR upwards by an amount that grows as the signal-to-noise ratio "
-    "falls). For {simex_rois} that estimate was then taken to no noise by "
+    "falls). On images whose adjacent voxels share their noise (zero-filled reconstructions, "
+    "found where the noise sd estimated from the 8 nearest neighbours is below {shared_noise_ratio} times the "
+    "one from the 16 beyond them), the SN voxels were chosen by those 16 and the noise was "
+    "estimated from them. For {simex_rois} that estimate was then taken to no noise by "
     "simulation-extrapolation (SIMEX) {cook1994}, because a choice made on noisier neighbours "
     "misses more of the nucleus: the CR was measured again after adding Gaussian noise of "
     "{simex_levels} times the image's noise variance ({simex_draws} draws each; noise sd "
@@ -190,6 +193,7 @@ def methods_boilerplate(template_name: str, version: str, atlas: str | None = No
     cite = _Cite(version=version, template_name=template_name, nm_n4_spline_mm=NM_N4_SPLINE_MM,
                  cit168_threshold=CIT168_THRESHOLD,
                  simex_levels=", ".join(f"{z:g}" for z in SIMEX_LEVELS), simex_draws=SIMEX_DRAWS,
+                 shared_noise_ratio=f"{SHARED_NOISE_RATIO:g}",
                  simex_rois=" and ".join(f"the {roi} of {_ACQ_ABBREVIATIONS[acq]} acquisitions"
                                          for acq, p in PROFILES.items()
                                          for roi, method in p.cr_method.items() if method.startswith(SIMEX)),
