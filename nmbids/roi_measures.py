@@ -232,8 +232,7 @@ def tissue_only(image: np.ndarray, mtr_map: np.ndarray, dseg: np.ndarray, table:
     """
     if profile.tissue_mtr_fraction is None:
         return image
-    refs = np.isin(dseg, table.loc[table["roi"].isin(set(profile.references.values())), "index"])
-    ref_mtr = float(np.nanmedian(mtr_map[refs])) if refs.any() else float("nan")
+    ref_mtr = _reference_mtr(mtr_map, dseg, table, profile)
     return np.where(m.mt_tissue_mask(mtr_map, ref_mtr, profile.tissue_mtr_fraction), image, np.nan)
 
 
