@@ -1,6 +1,7 @@
 """Study of NM images whose noise adjacent voxels share (zero-filled reconstructions).
 
     python benchmarks/zero_fill_study.py [--out DIR] [--n 6] [--snr 14,28] [--nprocs 2]
+                                         [--nm-slice MM] [--acq gremt,fse]
 
 Scanners often reconstruct NM images on a grid finer than the one acquired (zero-filling,
 "interpolation"): 0.4 mm pixels from 0.8 mm data. The noise of adjacent voxels is then
@@ -44,11 +45,13 @@ REPEATS = 2
 ROIS = ("SN", "VTA", "LC")
 
 
-def cohort(nuclei: str, n_subjects: int, seed: int = 500) -> dict:
-    """``simulate_dataset`` keyword arguments (without ``snr`` and ``nm_zero_fill``)."""
-    return dict(n_subjects=n_subjects, seed=seed, acq=("gremt", "fse"), nuclei=nuclei, t1w_res=1.5,
-                nm_inplane=0.4, nm_slice=2.0, nm_slices=14, fse_slices=10, nm_fov=(100.0, 110.0),
-                repeats=REPEATS)
+def cohort(nuclei: str, n_subjects: int, seed: int = 500, nm_slice: float = 2.0,
+           acq: tuple = ("gremt", "fse")) -> dict:
+    """``simulate_dataset`` keyword arguments (without ``snr`` and ``nm_zero_fill``). The
+    GRE-MT slab covers 28 mm whatever its slice thickness."""
+    return dict(n_subjects=n_subjects, seed=seed, acq=tuple(acq), nuclei=nuclei, t1w_res=1.5,
+                nm_inplane=0.4, nm_slice=nm_slice, nm_slices=int(round(28.0 / nm_slice)), fse_slices=10,
+                nm_fov=(100.0, 110.0), repeats=REPEATS)
 
 
 def run_cell(root: Path, kwargs: dict, snr: float, zero_fill: int, nprocs: int) -> Path:
@@ -109,11 +112,13 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=6)
     ap.add_argument("--snr", default="14,28", help="SNRs per repeat (default 14,28)")
     ap.add_argument("--nprocs", type=int, default=2)
+    ap.add_argument("--nm-slice", type=float, default=2.0, help="GRE-MT slice thickness, mm (default 2)")
+    ap.add_argument("--acq", default="gremt,fse", help="acquisitions simulated (default gremt,fse)")
     args = ap.parse_args(argv)
     if not AAL3.exists():
         log(f"AAL3 not found at {AAL3}: nothing to do")
         return 0
-    kwargs = cohort(str(AAL3), args.n)
+    kwargs = cohort(str(AAL3), args.n, nm_slice=args.nm_slice, acq=args.acq.split(","))
     rows = []
     for snr in (float(x) for x in args.snr.split(",")):
         for zero_fill in (1, 2):
