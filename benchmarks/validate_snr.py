@@ -68,8 +68,10 @@ def render(s: pd.DataFrame, meta: dict) -> str:
         "",
         f"Measures: `cr` is the default CR ({defaults_text()}): `neighbour_*` methods choose "
         "their voxels by the mean of their 8 in-plane neighbours, and `simex_` takes that choice "
-        "to no noise (`measures.simex`); `cr_neighbour_top_volume` is GRE-MT SN's neighbour choice "
-        "without SIMEX (the default before); `cr_top_volume` and `cr_max_per_slice` choose the "
+        "to no noise (`measures.simex`); `box_neighbour_max_per_slice` (GRE-MT LC) chooses by the 26 "
+        "neighbours of the 3 × 3 × 3 box, through the slices; `cr_neighbour_top_volume` is GRE-MT SN's "
+        "neighbour choice without SIMEX and `cr_neighbour_max_per_slice` GRE-MT LC's in-plane choice "
+        "(the defaults before); `cr_top_volume` and `cr_max_per_slice` choose the "
         "brightest voxels (the defaults before that); `cr_roimean` averages the whole search region. "
         "`ratio` is the median "
         "of measured/true over hemispheres; `qc_snr` the median SNR of the QC table "

@@ -222,6 +222,41 @@ def inplane_neighbour_mean(image: ArrayLike, slice_axis: int = 2, distance: int 
     return np.moveaxis(out, 2, slice_axis)
 
 
+def box_neighbour_mean(image: ArrayLike) -> np.ndarray:
+    """Mean of each voxel's 26 neighbours in its 3 x 3 x 3 box, the voxel itself left out.
+
+        s_i = (1 / |B_i|) * sum over j in B_i of I_j,
+
+    B_i = the finite voxels at Chebyshev distance 1 from voxel i in 3D: its 8 in-plane
+    neighbours and the 9 voxels at the same in-plane positions in each adjacent slice. NaN
+    where B_i is empty. Voxels beyond the image edge are not neighbours.
+
+    Why: the selection score of the GRE-MT LC (method ``box_neighbour_max_per_slice``). The
+    LC is a column about 15 mm long along the brainstem that the slices of an NM slab cut
+    across (the reason its CR is taken per slice), so the voxels across the adjacent slices
+    are the LC again, while the in-plane reach stays that of ``inplane_neighbour_mean`` (a
+    wider in-plane score leaves a nucleus 2-4 voxels across). The score then averages 26
+    values instead of 8, its noise sd is sqrt(26 / 8) = 1.8 times lower, and it still holds
+    none of the voxel's own noise, so that the 3 voxels per slice are found in the nucleus
+    at lower SNR. Measured (benchmarks/score_study.py, two cohorts of AAL3-nucleus
+    phantoms at 0.5 x 0.5 x 1.5 mm, SNR 8-40 per repeat, 1-3 repeats): GRE-MT LC read
+    0.78-0.89 and 0.65-0.91 of the truth against 0.38-0.88 and 0.54-0.88 with the 8
+    in-plane neighbours, smallest test-retest ICC 0.72 and 0.54 against 0.59 and 0.32. Not
+    the FSE LC: in its thicker slices (2.5 mm) the ICC and r fell. Valid only where
+    adjacent slices do not share their noise (``slices_share_noise``).
+    """
+    from scipy import ndimage
+
+    arr = np.asarray(image, dtype=float)
+    finite = np.isfinite(arr)
+    kernel = np.ones((3,) * arr.ndim)
+    kernel[(1,) * arr.ndim] = 0.0
+    total = ndimage.correlate(np.where(finite, arr, 0.0), kernel, mode="constant", cval=0.0)
+    count = ndimage.correlate(finite.astype(float), kernel, mode="constant", cval=0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), NAN)
+
+
 def noise_sd(image: ArrayLike, mask: ArrayLike, slice_axis: int = 2,
              min_voxels: int = MIN_VOXELS, distance: int = 1) -> float:
     """Standard deviation of the image noise, estimated inside ``mask`` from one image.
@@ -287,6 +322,57 @@ def neighbour_distance(image: ArrayLike, mask: ArrayLike, slice_axis: int = 2,
     if not (np.isfinite(near) and np.isfinite(far) and far > 0):
         return 1
     return 2 if near / far < SHARED_NOISE_RATIO else 1
+
+
+def through_slice_noise_sd(image: ArrayLike, mask: ArrayLike, slice_axis: int = 2,
+                           min_voxels: int = MIN_VOXELS) -> float:
+    """Standard deviation of the image noise inside ``mask``, from the slices on either side.
+
+        d_i = I_i - (I_i-1 + I_i+1) / 2   (i -+ 1: the voxels straight across the adjacent
+        slices), sigma = 1.4826 * median(|d_i - median(d)|) / sqrt(1.5)
+
+    over the mask's voxels whose two across-slice neighbours are finite. For noise independent
+    between slices var(d_i) = 1.5 sigma^2; noise shared by adjacent slices (a 3D slab
+    interpolated through its slices) cancels in d_i and makes sigma low. Anatomy that changes
+    between slices makes it high. Units of the image; NaN when fewer than ``min_voxels``
+    voxels qualify.
+    """
+    arr = np.moveaxis(np.asarray(image, dtype=float), slice_axis, 2)
+    sel = np.moveaxis(np.asarray(mask, dtype=bool), slice_axis, 2)
+    if arr.shape[2] < 3:
+        return NAN
+    d = np.full(arr.shape, NAN)
+    d[:, :, 1:-1] = arr[:, :, 1:-1] - 0.5 * (arr[:, :, :-2] + arr[:, :, 2:])
+    d = d[sel & np.isfinite(d)]
+    if d.size < min_voxels:
+        return NAN
+    return 1.4826 * float(np.median(np.abs(d - np.median(d)))) / float(np.sqrt(1.5))
+
+
+def slices_share_noise(image: ArrayLike, mask: ArrayLike, slice_axis: int = 2,
+                       min_voxels: int = MIN_VOXELS, distance: int = 1) -> bool:
+    """Whether adjacent slices share their noise, from the noise inside ``mask`` (a reference
+    region):
+
+        q = through_slice_noise_sd(I, mask) / noise_sd(I, mask, distance)
+        shared = q < SHARED_NOISE_RATIO, or q not finite
+
+    Why: ``box_neighbour_mean`` scores a voxel with the voxels across the adjacent slices;
+    that is unbiased only when they do not hold part of its noise. 2D slices are excited
+    one by one and their noise is independent (q about 1, more where the anatomy changes
+    between thick slices); a 3D slab reconstructed on slices thinner than it acquires
+    (zero-filling through the slab) shares it, and q falls towards sqrt(0.22 / 1.5) = 0.38
+    at a sinc's 0.64 correlation between adjacent slices. The threshold is
+    ``neighbour_distance``'s, which makes the same call in plane. ``distance``: the image's
+    in-plane neighbour distance (the in-plane estimate that is not itself lowered by
+    shared noise). Unknown (too few slices or voxels) counts as shared: the caller then
+    keeps to in-plane neighbours.
+    """
+    across = through_slice_noise_sd(image, mask, slice_axis, min_voxels)
+    inplane = noise_sd(image, mask, slice_axis, min_voxels, distance)
+    if not (np.isfinite(across) and np.isfinite(inplane) and inplane > 0):
+        return True
+    return bool(across / inplane < SHARED_NOISE_RATIO)
 
 
 def cnr(values: ArrayLike, ref_values: ArrayLike, min_voxels: int = MIN_VOXELS) -> float:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from . import measures as m
-from .acquisitions import MTR_NUCLEUS_METHOD, NEAREST_ONLY, NEIGHBOUR, SIMEX, AcquisitionProfile
+from .acquisitions import MTR_NUCLEUS_METHOD, NEAREST_ONLY, NEIGHBOUR, NEIGHBOUR_BOX, SIMEX, AcquisitionProfile
 
 HEMIS = ("L", "R", "bilateral")
 
@@ -93,8 +93,11 @@ def measure_grid(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage
     none = np.zeros(nm.shape, bool)
     # whether adjacent voxels share their noise is a property of the image's reconstruction:
     # one neighbour distance for every score and noise estimate of the image
-    distance = m.neighbour_distance(nm, np.any([masks.get((r, "bilateral"), none) for r in ref_rois], axis=0),
-                                    slice_axis, profile.min_voxels)
+    ref_union = np.any([masks.get((r, "bilateral"), none) for r in ref_rois], axis=0)
+    distance = m.neighbour_distance(nm, ref_union, slice_axis, profile.min_voxels)
+    # and whether adjacent slices share it: the box score reaches across them only when not
+    box_ok = any(method.removeprefix(SIMEX).startswith(NEIGHBOUR_BOX) for method in profile.cr_method.values()) \
+        and not m.slices_share_noise(nm, ref_union, slice_axis, profile.min_voxels, distance)
     for ref_roi in ref_rois:
         values = nm[masks.get((ref_roi, "bilateral"), none)]
         ref = m.reference_value(values, ref_stat, min_voxels=profile.min_voxels)
@@ -122,9 +125,15 @@ def measure_grid(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage
             vol = m.volume_mm3(above, voxel_volume) if above is not None and np.isfinite(ref_sd) else np.nan
             contrast = m.cnr(values, ref_values, profile.min_voxels) if values.size else np.nan
             method = profile.cr_method.get(roi, "threshold")
+            if method.removeprefix(SIMEX).startswith(NEIGHBOUR_BOX) and not box_ok:
+                # adjacent slices share their noise: the in-plane neighbours choose, as the
+                # method column then says
+                method = method.replace(NEIGHBOUR_BOX, NEIGHBOUR, 1)
             default = {"threshold": cr_thr, "roi_mean": cr_roi}.get(method)
             selection = method.removeprefix(SIMEX)  # the estimate SIMEX takes to no noise
-            base = selection.removeprefix(NEIGHBOUR)  # the brightest-voxel method it refines
+            # the brightest-voxel method it refines, through the in-plane neighbour choice
+            base = selection.removeprefix(NEIGHBOUR_BOX).removeprefix(NEIGHBOUR)
+            chain = (method, selection, NEIGHBOUR + base if selection.startswith(NEIGHBOUR_BOX) else selection, base)
             variants = {}  # the estimates the default refines: method -> value
             if base in ("top_volume", "max_per_slice"):
                 mask = masks[(roi, hemi)] if measurable and (roi, hemi) in masks else None
@@ -137,8 +146,8 @@ def measure_grid(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage
                 else:
                     values_of = _slice_max(nm, mask, masks.get((ref_roi, "bilateral")), ref_stat, profile,
                                            slice_axis, inferior_first, reach)
-                estimates = {variant: values_of(variant.startswith(SIMEX), variant != base, noise)
-                             for variant in dict.fromkeys((method, selection, base))}
+                estimates = {variant: values_of(variant.startswith(SIMEX), _score_kind(variant), noise)
+                             for variant in dict.fromkeys(chain)}
                 if base == "max_per_slice":  # the LC's thirds, from the default's slice profile
                     for name, val in zip(("rostral", "middle", "caudal"), m.split_thirds(estimates[method])):
                         row(f"{roi}_{name}", hemi, "cr", val, "ratio", method, ref_roi, ref_stat)
@@ -155,16 +164,26 @@ def measure_grid(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage
     return rows, refs
 
 
-def roi_crop(mask: np.ndarray, slice_axis: int, pad: int = 1) -> tuple:
-    """The bounding box of ``mask``, ``pad`` voxels wider in plane: every voxel within ``pad``
-    in-plane steps of its voxels is inside it, so a neighbour score computed on the crop equals
-    the whole grid's (``pad`` 1; 2 for a score of neighbours that are chosen by their own
-    neighbours, as the MT pair's tissue voxels)."""
+def roi_crop(mask: np.ndarray, slice_axis: int, pad: int = 1, slice_pad: int = 0) -> tuple:
+    """The bounding box of ``mask``, ``pad`` voxels wider in plane and ``slice_pad`` slices
+    wider through them: every voxel within ``pad`` in-plane steps (``slice_pad`` slices) of its
+    voxels is inside it, so a neighbour score computed on the crop equals the whole grid's
+    (``pad`` 1; 2 for a score of neighbours that are chosen by their own neighbours, as the MT
+    pair's tissue voxels; ``slice_pad`` 1 for ``measures.box_neighbour_mean``)."""
     box = []
     for ax, idx in enumerate(np.nonzero(mask)):
-        width = 0 if ax == slice_axis else pad
+        width = slice_pad if ax == slice_axis else pad
         box.append(slice(max(0, int(idx.min()) - width), int(idx.max()) + 1 + width))
     return tuple(box)
+
+
+def _score_kind(method: str) -> str | None:
+    """How ``method`` chooses its voxels: "box" (``measures.box_neighbour_mean``), "inplane"
+    (``measures.inplane_neighbour_mean``) or None (by their own brightness)."""
+    selection = method.removeprefix(SIMEX)
+    if selection.startswith(NEIGHBOUR_BOX):
+        return "box"
+    return "inplane" if selection.startswith(NEIGHBOUR) else None
 
 
 def _estimate(estimate, crop: np.ndarray, corrected: bool, noise: float):
@@ -180,12 +199,14 @@ def _top_volume(nm, mask, ref, volume, voxel_volume, min_voxels, axis, distance)
     box = roi_crop(mask, axis, distance) if measurable else None  # once for every variant
     inside = mask[box] if measurable else None
 
-    def values(corrected: bool, by_neighbours: bool, noise: float) -> float:
+    def values(corrected: bool, score_kind: str | None, noise: float) -> float:
         if not measurable:
             return np.nan
+        if score_kind == "box":
+            raise ValueError("the box score is for the slice-wise methods")
 
         def estimate(img):
-            scores = m.inplane_neighbour_mean(img, axis, distance)[inside] if by_neighbours else None
+            scores = m.inplane_neighbour_mean(img, axis, distance)[inside] if score_kind else None
             return m.cr_top_volume(img[inside], ref, volume, voxel_volume, min_voxels, scores=scores)
         return _estimate(estimate, nm[box], corrected, noise)
     return values
@@ -199,15 +220,17 @@ def _slice_max(nm, mask, ref_mask, ref_stat, profile, axis, inferior_first, dist
     ``distance``."""
     measurable = mask is not None and ref_mask is not None and mask.any()
     refs = m.slice_references(nm, ref_mask, axis, ref_stat, profile.min_voxels) if measurable else None
-    box = roi_crop(mask, axis, distance) if measurable else None  # once for every variant
+    # once for every variant; a slice wider on each side for the box score's neighbours
+    box = roi_crop(mask, axis, distance, slice_pad=1) if measurable else None
     inside = mask[box] if measurable else None
 
-    def values(corrected: bool, by_neighbours: bool, noise: float) -> np.ndarray:
+    def values(corrected: bool, score_kind: str | None, noise: float) -> np.ndarray:
         if not measurable:
             return np.full(nm.shape[axis], np.nan)
 
         def estimate(img):
-            scores = m.inplane_neighbour_mean(img, axis, distance) if by_neighbours else None
+            scores = (m.box_neighbour_mean(img) if score_kind == "box"
+                      else m.inplane_neighbour_mean(img, axis, distance) if score_kind else None)
             return m.slice_top_mean(img, inside, axis, scores=scores)
         top = np.full(nm.shape[axis], np.nan)
         top[box[axis]] = _estimate(estimate, nm[box], corrected, noise)

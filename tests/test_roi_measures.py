@@ -309,6 +309,54 @@ def test_default_lc_cr_chooses_voxels_by_their_neighbours():
     assert _value(rows, "LC", "L", "cr_max_per_slice") == pytest.approx(0.4)
 
 
+def _lc_column_scene(shared_noise=False):
+    """12 x 12 x 5: PT in rows 0-3 (100 + noise of sd 1: independent, or one in-plane field
+    repeated in every slice, as when slices share their noise), LC_L in rows 5-11 (100), an LC
+    column of 120 at rows 8-9, cols 2-3 through every slice, and in the middle slice only a
+    3 x 3 patch of 115 at rows 7-9, cols 7-9 (a bright spot that is not the column)."""
+    dseg = np.zeros((12, 12, 5), int)
+    dseg[:4] = 9
+    dseg[5:] = 5
+    nm = np.full(dseg.shape, 100.0)
+    rng = np.random.default_rng(3)
+    noise = np.repeat(rng.normal(0, 1.0, (4, 12, 1)), 5, axis=2) if shared_noise else rng.normal(0, 1.0, (4, 12, 5))
+    nm[:4] += noise
+    nm[8:10, 2:4, :] = 120.0
+    nm[7:10, 7:10, 2] = 115.0
+    coverage = {("LC", "L"): 1.0, ("LC", "bilateral"): 1.0}
+    return nm, dseg, coverage
+
+
+@pytest.mark.parametrize("shared_noise", [False, True])
+def test_gremt_lc_cr_chooses_voxels_by_their_box_of_26(shared_noise):
+    """box_neighbour_max_per_slice (the GRE-MT LC default): in the middle slice the 8 in-plane
+    neighbours choose the patch (scores 115 and 109.4 against the column's 107.5), the 26 of the
+    box the column (108.5 against the patch centre's 104.6, whose adjacent slices are 100), so
+    the box reads 120 in every slice and the in-plane choice 115 in the middle one. Where the
+    slices share their noise the in-plane neighbours choose, and the method column says so."""
+    nm, dseg, coverage = _lc_column_scene(shared_noise)
+    profile = PROFILES["GREMT"]
+    assert profile.cr_method["LC"] == "box_neighbour_max_per_slice"
+    assert PROFILES["FSE"].cr_method["LC"] == "neighbour_max_per_slice"
+    rows, _ = measure_grid(nm, dseg, TABLE, coverage, profile, "median", voxel_volume=1.0)
+    ref = m.slice_references(nm, dseg == 9, 2, "median", profile.min_voxels)
+    column, patch = (120 - ref) / ref, (115 - ref) / ref
+    inplane = np.mean(np.where(np.arange(5) == 2, patch, column))
+    cr = next(r for r in rows if (r["roi"], r["hemi"], r["measure"]) == ("LC", "L", "cr"))
+    if shared_noise:
+        assert cr["method"] == "neighbour_max_per_slice"
+        assert cr["value"] == pytest.approx(inplane)
+        assert not any(r["measure"] == "cr_neighbour_max_per_slice" for r in rows)
+    else:
+        assert cr["method"] == "box_neighbour_max_per_slice"
+        assert cr["value"] == pytest.approx(np.mean(column))
+        assert _value(rows, "LC", "L", "cr_neighbour_max_per_slice") == pytest.approx(inplane)
+        middle = next(r for r in rows if (r["roi"], r["hemi"], r["measure"]) == ("LC_middle", "L", "cr"))
+        assert middle["method"] == "box_neighbour_max_per_slice" and middle["value"] == pytest.approx(column[2])
+    # the brightest voxels: the column in every slice (120 > 115)
+    assert _value(rows, "LC", "L", "cr_max_per_slice") == pytest.approx(np.mean(column))
+
+
 def test_measure_takes_each_roi_from_the_space_its_profile_names():
     """SN measured on the native grid, VTA on the template grid (profile.measure_space)."""
     # native: CC 100, SN_L 130 (CR 0.3), VTA_L 110 (CR 0.1)

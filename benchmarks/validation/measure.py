@@ -26,7 +26,7 @@ TARGETS = ("SN", "VTA", "LC")
 TRUTH_KEY = {"cr": "cr", "cr_roimean": "cr", "cr_threshold": "cr", "mtr": "mtr", "mtr_roimean": "mtr",
              "mtr_threshold": "mtr", "volume_mm3": "volume_mm3"}
 METHODS = ("roi_mean", "threshold", "top_volume", "max_per_slice", "neighbour_top_volume", "neighbour_max_per_slice",
-           "simex_neighbour_top_volume")
+           "box_neighbour_max_per_slice", "simex_neighbour_top_volume")
 # N4 B-spline control-point spacings compared on the NM slab (mm; None: one mesh element)
 N4_SPACINGS = (None, 200.0, 100.0, 50.0)
 

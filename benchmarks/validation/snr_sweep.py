@@ -36,10 +36,11 @@ REPEATS = (1, 2, 3)
 BASE_SNR = 25.0
 # The estimators compared: (acquisition, ROI) -> measures of the table. ``cr`` is the
 # profile's default; the second is the brightest-voxel method; ``cr_neighbour_top_volume`` the
-# neighbour choice that GRE-MT SN's SIMEX default corrects.
+# neighbour choice that GRE-MT SN's SIMEX default corrects, ``cr_neighbour_max_per_slice`` the
+# in-plane choice that GRE-MT LC's box default replaced.
 COMPARED = {("GREMT", "SN"): ("cr", "cr_top_volume", "cr_roimean", "cr_neighbour_top_volume"),
             ("GREMT", "VTA"): ("cr", "cr_top_volume", "cr_roimean"),
-            ("GREMT", "LC"): ("cr", "cr_max_per_slice"),
+            ("GREMT", "LC"): ("cr", "cr_max_per_slice", "cr_neighbour_max_per_slice"),
             ("FSE", "SN"): ("cr", "cr_top_volume", "cr_roimean"),
             ("FSE", "VTA"): ("cr", "cr_top_volume", "cr_roimean"),
             ("FSE", "LC"): ("cr", "cr_max_per_slice")}
@@ -167,7 +168,7 @@ def goals(s: pd.DataFrame) -> list[str]:
 
 def figure(s: pd.DataFrame, path: Path) -> None:
     """Measured/true against SNR per repeat: the default CR against the brightest-voxel CR
-    (and, for GRE-MT SN, the neighbour choice its SIMEX default corrects), one panel per
+    (and, for GRE-MT SN and LC, the in-plane neighbour choice their default refines), one panel per
     acquisition and ROI, one line per number of repeats."""
     import matplotlib
     import matplotlib.ticker
@@ -180,8 +181,7 @@ def figure(s: pd.DataFrame, path: Path) -> None:
     for ax, (acq, roi) in zip(axes[0], panels):
         g = s[(s.acquisition == acq) & (s.roi == roi)]
         lines = [("cr", "-", "default"), (COMPARED[(acq, roi)][1], "--", "brightest")]
-        if "cr_neighbour_top_volume" in COMPARED[(acq, roi)]:
-            lines.append(("cr_neighbour_top_volume", ":", "neighbour"))
+        lines += [(x, ":", "in-plane neighbours") for x in COMPARED[(acq, roi)][2:] if x.startswith("cr_neighbour_")]
         for measure, style, name in lines:
             for k, color in zip(REPEATS, ("#d95f02", "#7570b3", "#1b9e77")):
                 h = g[(g.measure == measure) & (g.n_repeats == k)].sort_values("snr")

@@ -7,7 +7,7 @@ column descriptions (``group/outputs.py``).
 """
 from __future__ import annotations
 
-from ..acquisitions import MTR_NUCLEUS_METHOD, MTR_TOP_VOLUME_MM3, PROFILES, SIMEX, TOP_VOLUME_MM3
+from ..acquisitions import MTR_NUCLEUS_METHOD, MTR_TOP_VOLUME_MM3, NEIGHBOUR_BOX, PROFILES, SIMEX, TOP_VOLUME_MM3
 from ..measures import SHARED_NOISE_RATIO, SIMEX_DRAWS, SIMEX_LEVELS
 from .thresholds import flag_rules
 
@@ -54,6 +54,10 @@ def measure_levels(ref_stat: str | None = None) -> dict[str, tuple[str, str]]:
                                     "it reads low at low SNR (0.85 of the truth at SNR 8 per repeat)", "ratio"),
         "cr_max_per_slice": ("slice-wise CR of the brightest voxels per slice (method max_per_slice; the "
                              "LC default before): reads high at low SNR", "ratio"),
+        "cr_neighbour_max_per_slice": ("GRE-MT LC: slice-wise CR of the voxels chosen by their 8 in-plane "
+                                       "neighbours (method neighbour_max_per_slice, the default before the 3 x 3 x 3 "
+                                       "box chose them): it reads low at low SNR (0.38 of the truth at SNR 8 per "
+                                       "repeat)", "ratio"),
         "cnr": ("(mean(I) - mean(R)) / sd(R), sd with ddof=1", "ratio"),
         "volume_mm3": ("number of ROI voxels with I > ref(R) + k*sd(R), times the voxel volume", "mm3"),
         "coverage": ("fraction of the template-space ROI inside the NM slab", "fraction"),
@@ -123,6 +127,11 @@ def measures_dictionary(ref_stat: str | None = None) -> dict:
             "per slice, the mean of the 3 brightest ROI voxels against the slice's reference; averaged",
             "neighbour_max_per_slice": "per slice, the mean of the 3 ROI voxels with the brightest 8 in-plane "
                                        "neighbours against the slice's reference; averaged over slices",
+            NEIGHBOUR_BOX + "max_per_slice": "per slice, the mean of the 3 ROI voxels with the brightest 26 "
+                                             "neighbours in their 3 x 3 x 3 box (the 8 in-plane and the 9 in each "
+                                             "adjacent slice, the voxel itself left out) against the slice's "
+                                             "reference; averaged over slices. Where adjacent slices share their "
+                                             "noise the 8 in-plane neighbours choose (neighbour_max_per_slice)",
             "template_roi_in_slab": "template ROI voxels covered by the slab / all ROI voxels",
             "reference": "statistic of the reference region"}},
         "space": {"Description": "where the value was measured", "Levels": {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..acquisitions import MTR_TOP_VOLUME_MM3, NM_N4_SPLINE_MM, PROFILES, SIMEX, TOP_VOLUME_MM3
+from ..acquisitions import MTR_TOP_VOLUME_MM3, NEIGHBOUR_BOX, NM_N4_SPLINE_MM, PROFILES, SIMEX, TOP_VOLUME_MM3
 from ..cit168_atlas import CITATION as CIT168_CITATION, THRESHOLD as CIT168_THRESHOLD
 from ..contract import names
 from ..measures import SHARED_NOISE_RATIO, SIMEX_DRAWS, SIMEX_LEVELS
@@ -116,7 +116,10 @@ _PARAGRAPHS = (
     "chosen by the mean intensity of their 8 in-plane neighbours, the voxel itself left out, "
     "so that the choice is independent of the noise of the values averaged (choosing the "
     "brightest voxels biases CR upwards by an amount that grows as the signal-to-noise ratio "
-    "falls). On images whose adjacent voxels share their noise (zero-filled reconstructions, "
+    "falls). For {box_rois}, which runs through the slices, the voxels were chosen by the mean "
+    "of their 26 neighbours in the 3 x 3 x 3 box (the 8 in-plane ones and the 9 in each adjacent "
+    "slice), unless adjacent slices shared their noise (a noise sd estimated from the slices on "
+    "either side below {shared_noise_ratio} times the in-plane one). On images whose adjacent voxels share their noise (zero-filled reconstructions, "
     "found where the noise sd estimated from the 8 nearest neighbours is below {shared_noise_ratio} times the "
     "one from the 16 beyond them), the SN voxels were chosen by those 16 and the noise was "
     "estimated from them. For {simex_rois} that estimate was then taken to no noise by "
@@ -197,6 +200,9 @@ def methods_boilerplate(template_name: str, version: str, atlas: str | None = No
                  simex_rois=" and ".join(f"the {roi} of {_ACQ_ABBREVIATIONS[acq]} acquisitions"
                                          for acq, p in PROFILES.items()
                                          for roi, method in p.cr_method.items() if method.startswith(SIMEX)),
+                 box_rois=" and ".join(f"the {roi} of {_ACQ_ABBREVIATIONS[acq]} acquisitions"
+                                       for acq, p in PROFILES.items()
+                                       for roi, method in p.cr_method.items() if method.startswith(NEIGHBOUR_BOX)),
                  top_volumes=", ".join(f"{roi} {v:g}" for roi, v in TOP_VOLUME_MM3.items()),
                  mtr_volumes=", ".join(f"{roi} {v:g}" for roi, v in MTR_TOP_VOLUME_MM3.items()))
     paragraphs = [text.format_map(cite) for text in _PARAGRAPHS]

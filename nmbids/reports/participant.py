@@ -636,7 +636,7 @@ def _source(b: _Builder, S: str, anat: Path, t1w: Path, info: dict, space: str |
     # the slice-wise LC methods (the default chooses voxels by their neighbours; the old one by
     # their own brightness)
     lc_rows = [r for r in rows if r.get("roi", "").startswith("LC_") and r.get("measure") == "cr"
-               and r.get("method") in ("neighbour_max_per_slice", "max_per_slice")]
+               and r.get("method", "").endswith("max_per_slice")]
     if lc_rows or acq.upper() == "FSE":
         if lc_rows:
             view.specific.append(b.figure(
@@ -648,8 +648,8 @@ def _source(b: _Builder, S: str, anat: Path, t1w: Path, info: dict, space: str |
                 lambda out: fm.lc_profile(lc_rows, None, out), light=True))
         else:
             view.specific.append(Figure("LC slice profile", "", anchor=safe_name(f"{P}_lcprofile"),
-                                        missing=["measures rows roi LC_*, measure cr, method "
-                                                 "neighbour_max_per_slice"]))
+                                        missing=["measures rows roi LC_*, measure cr, a slice-wise "
+                                                 "method (*max_per_slice)"]))
     motion_tsv = nmf.motion
     if motion_tsv.is_file():
         view.specific.append(b.figure(
