@@ -86,8 +86,9 @@ def render(s: pd.DataFrame, meta: dict) -> str:
         "",
         f"![measured/true CR against SNR per repeat](validation/snr_sweep{meta.get('suffix', '')}.png)",
         "",
-        "Solid: the default CR; dashed: the brightest-voxel CR; dotted (GRE-MT SN): the neighbour "
-        "choice without SIMEX, the default before; grey band: 0.75–1.15.",
+        "Solid: the default CR; dashed: the brightest-voxel CR; dotted: the in-plane neighbour choice "
+        "the default refines (GRE-MT SN: without SIMEX; GRE-MT LC: without the slices across), the "
+        "default before; grey band: 0.75–1.15.",
         "",
         "## Every cell",
         "",

@@ -292,7 +292,7 @@ def test_lc_keeps_the_nearest_neighbours_on_a_zero_filled_image(monkeypatch):
 
 
 def test_default_lc_cr_chooses_voxels_by_their_neighbours():
-    """neighbour_max_per_slice (the LC default): per slice the 3 voxels with the brightest
+    """neighbour_max_per_slice (the FSE LC default): per slice the 3 voxels with the brightest
     neighbourhoods; the brightest voxels stay in cr_max_per_slice."""
     nm, dseg, coverage = _noise_spike_scene()
     dseg = np.where(dseg == 1, 5, np.where(dseg == 7, 9, dseg))  # SN -> LC_L, CC -> PT
