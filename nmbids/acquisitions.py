@@ -55,7 +55,8 @@ NEIGHBOUR_BOX = "box_" + NEIGHBOUR
 # 28) the ring read GRE-MT LC 0.56-0.61 of the truth (r 0.48-0.68), FSE LC 0.40-0.57, GRE-MT
 # VTA 0.85-0.88 (r 0.62-0.74), FSE VTA 0.62-0.65 (r 0.27-0.58); the nearest 1.05-1.18 (r
 # 0.46-0.74), 0.94-1.12, 0.99-1.05 (r 0.80-0.83) and 0.83-1.04 (r 0.73-0.81); independent
-# noise 0.93, 0.76-0.84, 0.94 and 0.72-0.75.
+# noise 0.93, 0.76-0.84, 0.94 and 0.72-0.75. (Since then the GRE-MT LC's box score reads those
+# zero-filled images 0.98-1.05, independent noise 0.92-0.94.)
 NEAREST_ONLY = frozenset({"LC", "VTA"})
 
 TOP_VOLUME_MM3 = {"SN": 50.0, "VTA": 20.0}
