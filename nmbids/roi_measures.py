@@ -96,7 +96,7 @@ def measure_grid(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage
     ref_union = np.any([masks.get((r, "bilateral"), none) for r in ref_rois], axis=0)
     distance = m.neighbour_distance(nm, ref_union, slice_axis, profile.min_voxels)
     # and whether adjacent slices share it: the box score reaches across them only when not
-    box_ok = any(method.removeprefix(SIMEX).startswith(NEIGHBOUR_BOX) for method in profile.cr_method.values()) \
+    box_ok = any(_score_kind(method) == "box" for method in profile.cr_method.values()) \
         and not m.slices_share_noise(nm, ref_union, slice_axis, profile.min_voxels, distance)
     for ref_roi in ref_rois:
         values = nm[masks.get((ref_roi, "bilateral"), none)]
@@ -125,7 +125,7 @@ def measure_grid(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, coverage
             vol = m.volume_mm3(above, voxel_volume) if above is not None and np.isfinite(ref_sd) else np.nan
             contrast = m.cnr(values, ref_values, profile.min_voxels) if values.size else np.nan
             method = profile.cr_method.get(roi, "threshold")
-            if method.removeprefix(SIMEX).startswith(NEIGHBOUR_BOX) and not box_ok:
+            if _score_kind(method) == "box" and not box_ok:
                 # adjacent slices share their noise: the in-plane neighbours choose, as the
                 # method column then says
                 method = method.replace(NEIGHBOUR_BOX, NEIGHBOUR, 1)
