@@ -356,6 +356,30 @@ def test_zero_filled_noise_is_shared_by_adjacent_voxels():
         Options(nm_zero_fill=0).validate()
 
 
+def test_slice_zero_filled_noise_is_shared_by_adjacent_slices_only():
+    """--nm-slice-zero-fill 2 (a 3D slab reconstructed with interpolated slices): noise of sd
+    sigma per channel, correlated between adjacent slices (about 0.64) and not in plane, so
+    that nmbids judges the slices to share it (``slices_share_noise``) and keeps the 8 nearest
+    in-plane neighbours (``neighbour_distance`` 1)."""
+    from nmbids import measures as m
+    from nmbids.phantom.acquisition import rician, zero_filled_noise
+    from nmbids.phantom.options import Options
+
+    rng = np.random.default_rng(1)
+    noise = zero_filled_noise(rng, (48, 40, 25), (1, 1, 2))
+    assert noise.shape == (48, 40, 25)
+    assert noise.real.std() == pytest.approx(1.0, abs=0.05) and noise.imag.std() == pytest.approx(1.0, abs=0.05)
+    assert np.corrcoef(noise.real[:, :, :-1].ravel(), noise.real[:, :, 1:].ravel())[0, 1] == pytest.approx(0.64, abs=0.05)
+    assert abs(np.corrcoef(noise.real[:-1].ravel(), noise.real[1:].ravel())[0, 1]) < 0.05
+    flat = np.full((48, 40, 24), 1000.0, np.float32)
+    mask = np.ones(flat.shape, bool)
+    filled = rician(rng, flat, 50.0, slice_zero_fill=2)
+    assert m.slices_share_noise(filled, mask) and m.neighbour_distance(filled, mask) == 1
+    assert not m.slices_share_noise(rician(rng, flat, 50.0), mask)
+    with pytest.raises(ValueError, match="zero-fill"):
+        Options(nm_slice_zero_fill=0).validate()
+
+
 def test_high_snr_image_recovers_contrast(tmp_path):
     sim.simulate_dataset(tmp_path, n_subjects=1, seed=8, acq="gremt", snr=400, bias=0.0, **FINE)
     truth = json.loads((tmp_path / "truth.json").read_text())

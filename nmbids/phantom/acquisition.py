@@ -122,11 +122,14 @@ def bias_field(rng: np.random.Generator, amplitude: float):
     return field_at
 
 
-def rician(rng: np.random.Generator, signal: np.ndarray, sigma: float, zero_fill: int = 1) -> np.ndarray:
+def rician(rng: np.random.Generator, signal: np.ndarray, sigma: float, zero_fill: int = 1,
+           slice_zero_fill: int = 1) -> np.ndarray:
     """Magnitude of ``signal`` plus complex Gaussian noise of sd ``sigma`` per channel: white
-    noise, or with ``zero_fill`` > 1 the noise of ``zero_filled_noise``."""
-    if zero_fill > 1:
-        noise = zero_filled_noise(rng, signal.shape, zero_fill)
+    noise, or with ``zero_fill`` (in plane, axes 0 and 1) or ``slice_zero_fill`` (through the
+    slices, axis 2) > 1 the noise of ``zero_filled_noise``."""
+    factors = (zero_fill, zero_fill, slice_zero_fill)
+    if max(factors) > 1:
+        noise = zero_filled_noise(rng, signal.shape, factors)
         n1, n2 = (noise.real * sigma).astype(np.float32), (noise.imag * sigma).astype(np.float32)
     else:
         n1 = rng.standard_normal(signal.shape, dtype=np.float32) * sigma
@@ -134,20 +137,24 @@ def rician(rng: np.random.Generator, signal: np.ndarray, sigma: float, zero_fill
     return np.sqrt((signal + n1) ** 2 + n2 ** 2)
 
 
-def zero_filled_noise(rng: np.random.Generator, shape: tuple, factor: int) -> np.ndarray:
+def zero_filled_noise(rng: np.random.Generator, shape: tuple, factors) -> np.ndarray:
     """Complex noise of sd 1 per channel as a scanner's zero-filled reconstruction makes it:
-    white noise on a grid ``factor`` times coarser in plane (axes 0 and 1), its spectrum
-    padded with zeros to ``shape`` (adjacent voxels then share their noise: at factor 2 their
-    correlation is a sinc's, 0.64)."""
-    nx, ny = -(-shape[0] // factor), -(-shape[1] // factor)  # the acquired matrix
-    coarse = rng.standard_normal((nx, ny) + tuple(shape[2:])) + 1j * rng.standard_normal((nx, ny) + tuple(shape[2:]))
-    spectrum = np.fft.fftshift(np.fft.fft2(coarse, axes=(0, 1)), axes=(0, 1))
-    big = (nx * factor, ny * factor)
-    padded = np.zeros(big + tuple(shape[2:]), complex)
-    x0, y0 = (big[0] - nx) // 2, (big[1] - ny) // 2
-    padded[x0:x0 + nx, y0:y0 + ny] = spectrum
-    fine = np.fft.ifft2(np.fft.ifftshift(padded, axes=(0, 1)), axes=(0, 1)) * factor ** 2
-    return fine[:shape[0], :shape[1]]
+    white noise on a grid ``factors[a]`` times coarser along each axis a (an int: that factor
+    along axes 0 and 1, in plane), its spectrum padded with zeros to ``shape`` along those axes
+    (adjacent voxels then share their noise: at factor 2 their correlation is a sinc's, 0.64).
+    A 3D slab interpolated through its slices is factor 2 along the slice axis (2)."""
+    if np.isscalar(factors):
+        factors = (factors, factors)
+    factors = tuple(int(f) for f in factors) + (1,) * (len(shape) - len(factors))
+    axes = tuple(a for a, f in enumerate(factors) if f > 1)
+    acquired = tuple(-(-n // f) for n, f in zip(shape, factors))  # the acquired matrix
+    coarse = rng.standard_normal(acquired) + 1j * rng.standard_normal(acquired)
+    spectrum = np.fft.fftshift(np.fft.fftn(coarse, axes=axes), axes=axes)
+    big = tuple(n * f for n, f in zip(acquired, factors))
+    padded = np.zeros(big, complex)
+    padded[tuple(slice((b - n) // 2, (b - n) // 2 + n) for b, n in zip(big, acquired))] = spectrum
+    fine = np.fft.ifftn(np.fft.ifftshift(padded, axes=axes), axes=axes) * float(np.prod(factors))
+    return fine[tuple(slice(0, n) for n in shape)]
 
 
 def to_int16(a: np.ndarray) -> np.ndarray:
@@ -331,7 +338,8 @@ def acquire_nm(acq: str, opts: Options, tm, nuclei, deform, A, cr, snr_scale: fl
         if bias_at is not None:
             bias = bias_at(apply(slab.affine, np.indices(slab.shape).reshape(3, -1).astype(float)))
             bias = (bias / bias_at(slab.center[:, None])).reshape(slab.shape)
-        imgs = [rician(rng, (c * bias).astype(np.float32), sigma, opts.nm_zero_fill) for c in clean]
+        imgs = [rician(rng, (c * bias).astype(np.float32), sigma, opts.nm_zero_fill, opts.nm_slice_zero_fill)
+                for c in clean]
     return NMAcquisition(acq=acq, slab=slab, s0=s0, snr=snr, contrasts=contrasts, acq_cr=acq_cr,
                          motions=motions, motion_params=params, motion_mm=motion_mm,
                          images=[to_int16(x) for x in imgs], fractions=frac, refcore=refcore,

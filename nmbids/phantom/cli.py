@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--nm-zero-fill", type=int, default=d.nm_zero_fill,
                    help="NM noise zero-filled from a grid this many times coarser in plane, as a scanner's "
                         "interpolated reconstruction makes it (1: independent noise; default 1)")
+    p.add_argument("--nm-slice-zero-fill", type=int, default=d.nm_slice_zero_fill,
+                   help="the same through the slices, as a 3D slab reconstructed with interpolated "
+                        "slices (1: independent noise; default 1)")
     p.add_argument("--naming-variants", action="store_true",
                    help="spread NM file names seen in the wild across subjects")
     p.add_argument("--sessions", type=int, default=d.sessions, help="sessions per subject (1)")
@@ -94,6 +97,7 @@ def main(argv=None) -> int:
             max_tilt=args.max_tilt,
             motion_mm=args.motion_mm, motion_deg=args.motion_deg, deform_mm=args.deform_mm,
             bias=args.bias, noise_free=args.noise_free, nm_zero_fill=args.nm_zero_fill,
+            nm_slice_zero_fill=args.nm_slice_zero_fill,
             naming_variants=args.naming_variants,
             sessions=args.sessions,
             groups=tuple(g.strip() for g in args.groups.split(",") if g.strip()),

@@ -41,6 +41,8 @@ class Options:
     # NM images reconstructed on a grid this many times finer in plane than acquired
     # (zero-filling): the noise of adjacent voxels is then correlated (1: independent)
     nm_zero_fill: int = 1
+    # the same through the slices (a 3D slab reconstructed with interpolated slices)
+    nm_slice_zero_fill: int = 1
     naming_variants: bool = False
     sessions: int = 1
     groups: tuple[str, ...] = ("control",)
@@ -61,8 +63,8 @@ class Options:
         for name in ("t1w_res", "nm_inplane", "nm_slice", "fse_slice"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0")
-        if self.nm_zero_fill < 1:
-            raise ValueError("--nm-zero-fill must be >= 1")
+        if self.nm_zero_fill < 1 or self.nm_slice_zero_fill < 1:
+            raise ValueError("--nm-zero-fill and --nm-slice-zero-fill must be >= 1")
         if self.nm_slices < 1 or self.fse_slices < 1 or self.repeats < 1 or self.sessions < 1:
             raise ValueError("slice counts, --repeats and --sessions must be >= 1")
         if self.repeats_layout not in REPEATS_LAYOUTS:
