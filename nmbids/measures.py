@@ -177,6 +177,25 @@ def cr_top_volume(values: ArrayLike, ref: float, volume_mm3: float, voxel_volume
     return float(np.mean(contrast_ratio(top, ref)))
 
 
+def _kernel_mean(arr: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """sum_j k_j I_j / sum_j k_j over the finite voxels j under the 0/1 ``kernel`` centred on
+    each voxel (its centre 0: the voxel itself left out); voxels beyond the edge are not under
+    it. NaN where no finite voxel is."""
+    from scipy import ndimage
+
+    finite = np.isfinite(arr)
+    total = ndimage.correlate(np.where(finite, arr, 0.0), kernel, mode="constant", cval=0.0)
+    count = ndimage.correlate(finite.astype(float), kernel, mode="constant", cval=0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), NAN)
+
+
+def _mad_sd(d: np.ndarray) -> float:
+    """1.4826 * median(|d - median(d)|): the sd of a normal sample, from its median absolute
+    deviation, which ignores the few values an edge or a lesion puts in the tails."""
+    return 1.4826 * float(np.median(np.abs(d - np.median(d))))
+
+
 def _ring(distance: int) -> np.ndarray:
     """In-plane kernel of the voxels at Chebyshev distance ``distance`` (8 at 1, 16 at 2)."""
     k = int(distance)
@@ -210,16 +229,8 @@ def inplane_neighbour_mean(image: ArrayLike, slice_axis: int = 2, distance: int 
     adjacent voxels share (``neighbour_distance``): there the 8 nearest carry part of the
     voxel's own noise, and the choice would read high again.
     """
-    from scipy import ndimage
-
     arr = np.moveaxis(np.asarray(image, dtype=float), slice_axis, 2)
-    finite = np.isfinite(arr)
-    kernel = _ring(distance)
-    total = ndimage.correlate(np.where(finite, arr, 0.0), kernel, mode="constant", cval=0.0)
-    count = ndimage.correlate(finite.astype(float), kernel, mode="constant", cval=0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(count > 0, total / np.maximum(count, 1), NAN)
-    return np.moveaxis(out, 2, slice_axis)
+    return np.moveaxis(_kernel_mean(arr, _ring(distance)), 2, slice_axis)
 
 
 def box_neighbour_mean(image: ArrayLike) -> np.ndarray:
@@ -245,16 +256,10 @@ def box_neighbour_mean(image: ArrayLike) -> np.ndarray:
     the FSE LC: in its thicker slices (2.5 mm) the ICC and r fell. Valid only where
     adjacent slices do not share their noise (``slices_share_noise``).
     """
-    from scipy import ndimage
-
     arr = np.asarray(image, dtype=float)
-    finite = np.isfinite(arr)
     kernel = np.ones((3,) * arr.ndim)
     kernel[(1,) * arr.ndim] = 0.0
-    total = ndimage.correlate(np.where(finite, arr, 0.0), kernel, mode="constant", cval=0.0)
-    count = ndimage.correlate(finite.astype(float), kernel, mode="constant", cval=0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), NAN)
+    return _kernel_mean(arr, kernel)
 
 
 def noise_sd(image: ArrayLike, mask: ArrayLike, slice_axis: int = 2,
@@ -285,8 +290,7 @@ def noise_sd(image: ArrayLike, mask: ArrayLike, slice_axis: int = 2,
     if sel.sum() < min_voxels:
         return NAN
     d = (arr - inplane_neighbour_mean(arr, slice_axis, distance))[sel]
-    mad = float(np.median(np.abs(d - np.median(d))))
-    return 1.4826 * mad / float(np.sqrt(1.0 + 1.0 / kernel.sum()))
+    return _mad_sd(d) / float(np.sqrt(1.0 + 1.0 / kernel.sum()))
 
 
 # ``neighbour_distance``: below this ratio of the noise sd estimated from the nearest
@@ -346,7 +350,7 @@ def through_slice_noise_sd(image: ArrayLike, mask: ArrayLike, slice_axis: int = 
     d = d[sel & np.isfinite(d)]
     if d.size < min_voxels:
         return NAN
-    return 1.4826 * float(np.median(np.abs(d - np.median(d)))) / float(np.sqrt(1.5))
+    return _mad_sd(d) / float(np.sqrt(1.5))
 
 
 def slices_share_noise(image: ArrayLike, mask: ArrayLike, slice_axis: int = 2,
