@@ -2,7 +2,7 @@
 
     python benchmarks/zero_fill_study.py [--out DIR] [--n 6] [--snr 14,28] [--nprocs 2]
                                          [--nm-slice MM] [--nm-inplane MM] [--acq gremt,fse]
-                                         [--axis inplane|slices]
+                                         [--axis inplane|slices] [--repeats 2]
 
 Scanners often reconstruct NM images on a grid finer than the one acquired (zero-filling,
 "interpolation"): 0.4 mm pixels from 0.8 mm data. The noise of adjacent voxels is then
@@ -26,6 +26,24 @@ atlas (``../shared/data/atlases/AAL3``); without it the script says so and exits
 ``methods`` column then says whether the LC fell back to the in-plane choice, and ``q`` is the
 through-slice noise sd over the in-plane one (``measures.through_slice_noise_sd`` / ``noise_sd``,
 the ratio the guard compares with ``SHARED_NOISE_RATIO``).
+
+First run (``--axis slices --acq gremt --nm-inplane 0.5 --nm-slice 1.0``, SNR 14 and 28 per
+repeat, 2 repeats, code at 7a1b1ae): every slice-zero-filled image was judged shared (q
+0.41-0.47; independent slices 0.90-1.03) and its LC fell back to the in-plane choice, reading
+0.84 / 0.88 of the truth (r 0.90 / 0.93); the box on independent slices read 0.86 / 0.90. The
+box kept on the shared images (guard switched off, study only) read 0.89 / 0.90 (r 0.88 / 0.93):
+high by a little, as expected, since of its 26 neighbours only the 2 straight across share the
+voxel's noise (0.64 each: cov(score, own noise) = 2 x 0.64 / 26 sigma^2 against var(score) =
+sigma^2 / 26). The fallback gives up the box's lower score noise for all 26 to remove those 2,
+and at low SNR the in-plane choice reads low (0.38 of the truth at SNR 8 x 1 on the SNR sweep).
+
+Rule for the images whose slices share their noise, fixed before its numbers: the box without
+the 2 voxels straight across (24 neighbours, none of which shares the voxel's noise when the
+noise is independent in plane, whatever the slice zero-fill factor: a sinc's correlation
+reaches the voxels straight across only) replaces the in-plane fallback if, on the
+slice-zero-filled images of this cohort at SNR 8, 14 and 28 per repeat x 2 repeats and 8 and 14
+x 1 repeat, against the fallback, it raises the worst-cell LC ratio, pushes no cell above 1.15
+and lowers the LC r of no cell by more than 0.02.
 """
 from __future__ import annotations
 
@@ -54,12 +72,12 @@ ROIS = ("SN", "VTA", "LC")
 
 
 def cohort(nuclei: str, n_subjects: int, seed: int = 500, nm_slice: float = 2.0,
-           acq: tuple = ("gremt", "fse"), nm_inplane: float = 0.4) -> dict:
+           acq: tuple = ("gremt", "fse"), nm_inplane: float = 0.4, repeats: int = REPEATS) -> dict:
     """``simulate_dataset`` keyword arguments (without ``snr`` and the zero-fill). The
     GRE-MT slab covers 28 mm whatever its slice thickness."""
     return dict(n_subjects=n_subjects, seed=seed, acq=tuple(acq), nuclei=nuclei, t1w_res=1.5,
                 nm_inplane=nm_inplane, nm_slice=nm_slice, nm_slices=int(round(28.0 / nm_slice)), fse_slices=10,
-                nm_fov=(100.0, 110.0), repeats=REPEATS)
+                nm_fov=(100.0, 110.0), repeats=repeats)
 
 
 # the simulator's zero-fill option per axis, and the cell folder's tag
@@ -70,7 +88,7 @@ def run_cell(root: Path, kwargs: dict, snr: float, zero_fill: int, nprocs: int, 
     from nmbids.phantom import simulate_dataset
 
     option, tag = AXES[axis]
-    d = root / f"snr-{snr:g}_{tag}-{zero_fill}"
+    d = root / (f"snr-{snr:g}_{tag}-{zero_fill}" + ("" if kwargs["repeats"] == REPEATS else f"_rep-{kwargs['repeats']}"))
     if not (d / "truth.json").exists():
         kw = dict(kwargs)
         n, seed = kw.pop("n_subjects"), kw.pop("seed")
@@ -103,7 +121,7 @@ def noise_ratios(out: Path, acq_type: str, axis: str = "inplane") -> list[float]
     return qs
 
 
-def summarise(d: Path, snr: float, zero_fill: int, axis: str = "inplane") -> list[dict]:
+def summarise(d: Path, snr: float, zero_fill: int, axis: str = "inplane", repeats: int = REPEATS) -> list[dict]:
     truth = json.loads((d / "truth.json").read_text())
     meas = load_measures(d / "out")
     p = pairs(truth, meas)
@@ -117,12 +135,12 @@ def summarise(d: Path, snr: float, zero_fill: int, axis: str = "inplane") -> lis
         dist = q["neighbour_distance"] if "neighbour_distance" in q else pd.Series(dtype=float)
         ratios = noise_ratios(d / "out", acq, axis)
         used = meas[(meas.acq_type == acq) & (meas.roi == roi) & (meas.measure == "cr")]["method"]
-        rows.append(dict(axis=axis, snr=snr, zero_fill=zero_fill, acq_type=acq, roi=roi, n=rec["n"],
+        rows.append(dict(axis=axis, snr=snr, repeats=repeats, zero_fill=zero_fill, acq_type=acq, roi=roi, n=rec["n"],
                          ratio=float((g.est / g.true).median()), r=rec["r"], bias=rec["bias"],
                          neighbour_distance=";".join(str(int(v)) for v in sorted(set(dist.dropna()))) or "n/a",
                          methods=";".join(sorted(set(used.dropna()))),
                          q_min=min(ratios, default=np.nan), q_max=max(ratios, default=np.nan),
-                         qc_snr_over_true=float(np.median(q["snr"])) / (snr * math.sqrt(REPEATS))))
+                         qc_snr_over_true=float(np.median(q["snr"])) / (snr * math.sqrt(repeats))))
     return rows
 
 
@@ -135,19 +153,21 @@ def main(argv=None) -> int:
     ap.add_argument("--nm-slice", type=float, default=2.0, help="GRE-MT slice thickness, mm (default 2)")
     ap.add_argument("--nm-inplane", type=float, default=0.4, help="NM pixel size, mm (default 0.4)")
     ap.add_argument("--acq", default="gremt,fse", help="acquisitions simulated (default gremt,fse)")
+    ap.add_argument("--repeats", type=int, default=REPEATS, help=f"NM repeats (default {REPEATS})")
     ap.add_argument("--axis", choices=sorted(AXES), default="inplane",
                     help="zero-fill the noise in plane (default) or through the slices")
     args = ap.parse_args(argv)
     if not AAL3.exists():
         log(f"AAL3 not found at {AAL3}: nothing to do")
         return 0
-    kwargs = cohort(str(AAL3), args.n, nm_slice=args.nm_slice, acq=args.acq.split(","), nm_inplane=args.nm_inplane)
+    kwargs = cohort(str(AAL3), args.n, nm_slice=args.nm_slice, acq=args.acq.split(","), nm_inplane=args.nm_inplane,
+                    repeats=args.repeats)
     rows = []
     for snr in (float(x) for x in args.snr.split(",")):
         for zero_fill in (1, 2):
             log(f"SNR {snr:g}, zero-fill {zero_fill} ({args.axis}): simulate, nmbids")
             rows += summarise(run_cell(args.out, kwargs, snr, zero_fill, args.nprocs, args.axis), snr, zero_fill,
-                              args.axis)
+                              args.axis, args.repeats)
     table = pd.DataFrame(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "zero_fill_summary.tsv", sep="\t", index=False, float_format="%.3f")
