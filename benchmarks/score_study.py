@@ -67,6 +67,14 @@ Its result: it passed (nb8 -> nb26 on the confirmation cohort, GRE-MT LC: worst 
 0.65, spread 0.29 -> 0.24, largest cell 0.88 -> 0.91, smallest ICC 0.32 -> 0.54, smallest r at
 SNR >= 14 0.79 -> 0.88), and the GRE-MT LC default became ``box_neighbour_max_per_slice``
 (``measures.box_neighbour_mean``).
+
+The same runs scored the SN and VTA with ``nb26`` too (outside these rules, which kept them to
+``nb8``; read afterwards, for the record): the box of 26 does not suit the SN. Worst-cell SN
+ratio, nb8 -> nb26: FSE 0.52 -> 0.15 (main), 0.38 -> -0.18 (alt), 0.83 -> 0.54 (confirm), and
+at SNR 40 x 3 0.89 -> 0.53; GRE-MT (without SIMEX) 0.85 -> 0.80, 0.92 -> 0.73, 0.91 -> 0.90.
+The SN is a curved band 3-5 mm thick whose outline moves from slice to slice, so the voxels at
+the same in-plane positions across the slices (1.5 mm, and 2.5-3 mm on the FSE) are often
+outside it, and the box ranks the band's middle slices' voxels by tissue that is not the SN.
 """
 from __future__ import annotations
 
