@@ -162,7 +162,7 @@ class PrepareNM(SimpleInterface):
     def _run_interface(self, runtime):
         ants = _ants()
         from ..acquisitions import NM_N4_SPLINE_MM
-        from ..registration import n4_field, realign_repeats, resample_repeat, rigid, set_seed
+        from ..registration import n4_field, realign_repeats, resample_repeat, rigid, set_seed, slices_last
 
         set_seed(self.inputs.random_seed if isdefined(self.inputs.random_seed) else None)
 
@@ -170,6 +170,9 @@ class PrepareNM(SimpleInterface):
         for f in self.inputs.in_files:
             img = ants.image_read(f)
             repeats += ants.ndimage_to_list(img) if img.dimension == 4 else [img]
+        # every measure takes the slices along the third voxel axis: put them there, whatever
+        # order the file stores its axes in (the MT-off image is resampled onto this grid)
+        repeats = [slices_last(r) for r in repeats]
         prefix = os.path.join(runtime.cwd, "rep_")
         mean, motion = realign_repeats(repeats, prefix) if len(repeats) > 1 else (repeats[0], [0.0])
         # One bias field for both images of an MT pair: estimated on the (averaged) on
