@@ -265,10 +265,7 @@ def test_slab_stored_with_its_slices_on_another_axis_reads_the_same(tmp_path):
     (x, y, slices), as another converter or a reorientation may write it: nmbids finds the
     slices (``registration.slice_axis``) and reads the same CR (before ``slices_last``, LC was
     n/a and VTA CR up to 0.08 lower on such files). The voxels are put back in the file's first
-    order, so the SN and LC CRs agree to the third decimal (5e-4 here). The VTA is held to 0.04
-    only: its ROI follows the T1w warp, and even with one ITK thread two runs' warps differed
-    once by up to 0.26 mm, which moved one VTA CR by 0.018 (its neighbour choice is that
-    sensitive)."""
+    order, so the CRs agree to the third decimal (5e-4 here)."""
     import shutil
 
     sim.simulate_dataset(tmp_path, n_subjects=1, seed=5, acq="gremt", **PHANTOM)
@@ -284,17 +281,19 @@ def test_slab_stored_with_its_slices_on_another_axis_reads_the_same(tmp_path):
         nb.save(moved, f)
     values = []
     for bids, out in ((tmp_path / "bids", tmp_path / "out"), (stored, tmp_path / "out_stored")):
-        # one ITK thread: two-thread registrations differ between runs (docs/performance.md)
-        assert _run(bids, out, "participant", "-w", out.with_name(out.name + "_work"), "--nprocs", 2,
-                    "--omp-nthreads", 1, "--registration-quality", "fast", "--skip-bids-validation") == 0
+        # one ITK thread, in a process of its own: two-thread registrations differ between runs
+        # (docs/performance.md), and ITK fixes its thread count at its first use in a process,
+        # so in this one (earlier tests' ANTs calls) --omp-nthreads 1 would not hold: the T1w
+        # warps of two in-process runs differed by 0.26 mm once, and a VTA CR by 0.018
+        cmd = [sys.executable, "-m", "nmbids", bids, out, "participant", "-w", out.with_name(out.name + "_work"),
+               "--nprocs", 2, "--omp-nthreads", 1, "--registration-quality", "fast", "--skip-bids-validation"]
+        assert subprocess.run([str(c) for c in cmd], capture_output=True).returncode == 0
         m = _measured(out, "sub-01")
         m = m[(m.measure == "cr") & m.roi.isin(["SN", "VTA", "LC"])].set_index(["roi", "hemi"])["value"]
         values.append(m.sort_index())
     print("slices first vs last, CR:", (values[1] - values[0]).abs().max())
     assert values[0].notna().all() and values[1].notna().all()
-    native = values[0].index.get_level_values("roi") != "VTA"
-    assert np.allclose(values[1][native], values[0][native], atol=0.002)
-    assert np.allclose(values[1][~native], values[0][~native], atol=0.04)
+    assert np.allclose(values[1], values[0], atol=0.002)
 
 
 def test_phantom_report_renders_in_chromium(phantom_run, tmp_path):
