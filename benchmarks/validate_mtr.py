@@ -30,10 +30,7 @@ from validation import mtr as vm  # noqa: E402
 from validation.runs import run_participant_level, stamp  # noqa: E402
 from validation.report import md_table  # noqa: E402
 
-BEFORE = "mtr_neighbour_residual_top_volume"  # the SN's nucleus MTR without SIMEX, the default before
-NAMES = {"mtr": "`mtr` (nucleus, default; SN: taken to no noise)",
-         BEFORE: f"`{BEFORE}` (SN nucleus without SIMEX, the default before)",
-         "mtr_roimean": "`mtr_roimean` (region mean, the default before that)",
+NAMES = {"mtr": "`mtr` (nucleus, new default)", "mtr_roimean": "`mtr_roimean` (region mean, old default)",
          "core": "true core (re-measured)", "lowest": "lowest-MTR voxels (re-measured)"}
 
 
@@ -46,7 +43,7 @@ def render(s: pd.DataFrame, meta: dict) -> str:
             "ratio", "goal"]
     nd = {"snr": 0, "repeats": 0, "snr_effective": 1, "n": 0, "true_min": 1, "true_max": 1, "bias": 2, "slope": 2,
           "r": 3, "ratio": 3}
-    s = s[s.n > 0].copy()  # the SN alone has the measure without SIMEX
+    s = s.copy()
     s["goal"] = ["yes" if vm.meets_goal(r) else "no" for _, r in s.iterrows()]
     s["measure"] = s["measure"].map(lambda x: NAMES.get(x, x))
     lines = [
@@ -71,10 +68,8 @@ def render(s: pd.DataFrame, meta: dict) -> str:
         "(percent), r Pearson's, ratio the median of measured/true, bias mean(measured − true). "
         f"`goal`: slope and ratio both within {vm.GOAL[0]}–{vm.GOAL[1]} (issue 18). `regime` `all` pools "
         "both regimes (the truth spans about 20–46 %); within one regime the truth spans about 11 units, "
-        "so slope and r there are the harder test. Rows: `mtr`, `mtr_neighbour_residual_top_volume` (SN) "
-        "and `mtr_roimean` are the measures table's (the SN's `mtr` is the nucleus choice taken to no noise "
-        "by SIMEX over both images of the pair, `measures.simex`; the choice without it is the second); "
-        "`true core` is the mean MTR over the voxels the truth puts ≥ 90 % inside the nucleus "
+        "so slope and r there are the harder test. Rows: `mtr` and `mtr_roimean` are the measures "
+        "table's; `true core` is the mean MTR over the voxels the truth puts ≥ 90 % inside the nucleus "
         "(what a perfect nucleus label reads on the same images, the ceiling); `lowest-MTR voxels` "
         "takes as many voxels as `mtr` but those whose neighbours have the lowest MTR (a choice that "
         "assumes the direction of the nucleus's contrast).",
@@ -107,10 +102,7 @@ def headline(s: pd.DataFrame) -> pd.DataFrame:
         get = {(r.measure, r.regime): r for r in g.itertuples()}
         new, old = get[(NAMES["mtr"], "all")], get[(NAMES["mtr_roimean"], "all")]
         row = dict(zip(key, k))
-        before = get.get((NAMES[BEFORE], "all"))
         row.update({"mtr slope": f"{new.slope:.2f}", "mtr r": f"{new.r:.3f}", "mtr ratio": f"{new.ratio:.3f}",
-                    "without SIMEX slope": f"{before.slope:.2f}" if before else "–",
-                    "without SIMEX r": f"{before.r:.3f}" if before else "–",
                     "mtr_roimean slope": f"{old.slope:.2f}", "mtr_roimean r": f"{old.r:.3f}",
                     "mtr_roimean ratio": f"{old.ratio:.3f}"})
         for regime in vm.REGIME_CR:

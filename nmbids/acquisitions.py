@@ -74,9 +74,6 @@ class AcquisitionProfile:
     references: dict = field(default_factory=dict)
     # default method of the ``cr`` measure for each target ROI
     cr_method: dict = field(default_factory=dict)
-    # MT pairs: default method of the ``mtr`` measure for each target ROI (absent:
-    # MTR_NUCLEUS_METHOD)
-    mtr_method: dict = field(default_factory=dict)
     threshold_k: float = 3.0  # NM-rich voxels: I > ref + k·sd(ref)
     # where each target ROI is measured (absent: "native", the NM grid; "template": the NM
     # image pushed to the template, with the template's ROIs and reference regions)
@@ -164,16 +161,8 @@ PROFILES = {
         cr_method={"SN": "threshold", "VTA": "threshold", "LC": "threshold"},
         tissue_mtr_fraction=0.5,
         top_volume_mm3=dict(MTR_TOP_VOLUME_MM3),
-        # The nucleus MTR (``measures.mtr_nucleus``) scales with the truth for the SN only.
-        # Its choice of voxels misses more of the nucleus as the noise grows (SN slope against
-        # the truth 0.70 at SNR 14 per image, 0.82 at 43), so the SN's is taken to no noise by
-        # SIMEX over both images of the pair (``measures.simex``): benchmarks/mtr_simex_study.py,
-        # rule fixed before the numbers, two cohorts and geometries: slope 0.70-0.82 -> 0.81-0.85
-        # on the validation's cohort (SNR 14-43 per image), 0.65-0.94 -> 0.70-1.08 on a second
-        # (1 x 1 x 2.5 mm, SNR 10-28), r down 0.01-0.03 (docs/validation_mtr.md). Below SNR 14
-        # neither tracks well (SNR 8: slope 0.44 -> 0.47, r 0.57 -> 0.51). VTA and LC, not found
-        # reliably either way, keep the uncorrected choice.
-        mtr_method={"SN": SIMEX + MTR_NUCLEUS_METHOD},
+        # The nucleus MTR (``measures.mtr_nucleus``) scales with the truth for the SN only
+        # (docs/validation_mtr.md: SN slope 0.70-0.82, measured/true 0.99-1.01).
         unreliable={"VTA": "MT-pair VTA MTR does not track the truth consistently on the phantom validation "
                            "(slope 0.29-0.86, r 0.36-0.95 across SNR, docs/validation_mtr.md): the VTA search "
                            "region also holds SN, whose voxels are taken when the SN deviates more",

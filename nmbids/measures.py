@@ -526,9 +526,8 @@ def simex(estimate, image: ArrayLike, noise_sd: float, levels=SIMEX_LEVELS, n_dr
         (a, c)  = least-squares line T(zeta) = a + c * zeta over zeta in {0} and ``levels``
         SIMEX   = a - c                                          (zeta = -1: no noise left)
 
-    ``noise_sd`` may be an array that broadcasts against the image (images stacked on a first
-    axis, each with its own sd: the two images of an MT pair). The same Z_b serve every level
-    (common random numbers: the slope is then not blurred by the draws). NaN voxels stay NaN. Elementwise when T returns an array; a level whose T is
+    The same Z_b serve every level (common random numbers: the slope is then not blurred by
+    the draws). NaN voxels stay NaN. Elementwise when T returns an array; a level whose T is
     not finite is left out of the line, and the result is NaN when T(0) is not finite or
     fewer than two levels remain.
 
@@ -557,13 +556,12 @@ def simex(estimate, image: ArrayLike, noise_sd: float, levels=SIMEX_LEVELS, n_dr
     """
     img = np.asarray(image, dtype=float)
     t0 = np.asarray(estimate(img), dtype=float)
-    sigma = np.asarray(noise_sd, dtype=float)
-    if not (np.isfinite(sigma).all() and (sigma >= 0).all()) or not np.isfinite(t0).any():
+    if not (np.isfinite(noise_sd) and noise_sd >= 0) or not np.isfinite(t0).any():
         return NAN if t0.ndim == 0 else np.full(t0.shape, NAN)
     rng = np.random.default_rng(seed)
     draws = [rng.standard_normal(img.shape) for _ in range(int(n_draws))]
     zetas = np.asarray(levels, dtype=float)
-    means = np.stack([np.mean([np.asarray(estimate(img + np.sqrt(z) * sigma * d), dtype=float)
+    means = np.stack([np.mean([np.asarray(estimate(img + np.sqrt(z) * noise_sd * d), dtype=float)
                                for d in draws], axis=0) for z in zetas])
     z = np.concatenate([[0.0], zetas])
     y = np.concatenate([t0[None], means], axis=0).reshape(z.size, -1)
@@ -650,7 +648,7 @@ MTR_NUCLEUS_MIN_REGION = 4
 
 
 def mtr_nucleus(values: ArrayLike, mtr_scores: ArrayLike, off_scores: ArrayLike, volume_mm3: float,
-                voxel_volume_mm3: float, min_voxels: int = MIN_VOXELS, side: int | None = None) -> float:
+                voxel_volume_mm3: float, min_voxels: int = MIN_VOXELS) -> float:
     """MTR of the nucleus in a search region, not of the whole region (method
     ``neighbour_residual_top_volume``), in percent.
 
@@ -666,8 +664,6 @@ def mtr_nucleus(values: ArrayLike, mtr_scores: ArrayLike, off_scores: ArrayLike,
 
     Voxels with a non-finite value or score are left out. NaN when fewer than
     max(min_voxels, MTR_NUCLEUS_MIN_REGION * n) voxels remain (the fit would be the nucleus's).
-    ``side`` (+1: H, -1: L) imposes the side instead of the rule above (``mtr_nucleus_side``
-    gives the one the rule takes).
 
     Why. The mean over a search region mixes the nucleus with the tissue around it: a nucleus
     fills about a sixth of its region, and on the MT-pair validation (docs/validation_mtr.md,
@@ -697,29 +693,6 @@ def mtr_nucleus(values: ArrayLike, mtr_scores: ArrayLike, off_scores: ArrayLike,
     3 x 3 x 3 neighbourhoods, quadratic or robust lines and a side decided from both
     hemispheres or from the voxels' own values did no better on those cohorts.
     """
-    dev = _mtr_deviations(values, mtr_scores, off_scores, volume_mm3, voxel_volume_mm3, min_voxels)
-    if dev is None:
-        return NAN
-    vals, d, n = dev
-    order = np.argsort(d, kind="stable")
-    if side is None:
-        side = _deeper_side(d, order, n)
-    return float(np.mean(vals[order[-n:] if side > 0 else order[:n]]))
-
-
-def mtr_nucleus_side(values: ArrayLike, mtr_scores: ArrayLike, off_scores: ArrayLike, volume_mm3: float,
-                     voxel_volume_mm3: float, min_voxels: int = MIN_VOXELS) -> int:
-    """The side of the tissue line ``mtr_nucleus`` takes its voxels from: +1 (d_i largest),
-    -1 (smallest), 0 when it is NaN."""
-    dev = _mtr_deviations(values, mtr_scores, off_scores, volume_mm3, voxel_volume_mm3, min_voxels)
-    if dev is None:
-        return 0
-    _, d, n = dev
-    return _deeper_side(d, np.argsort(d, kind="stable"), n)
-
-
-def _mtr_deviations(values, mtr_scores, off_scores, volume_mm3, voxel_volume_mm3, min_voxels):
-    """(m_i, d_i, n) of ``mtr_nucleus`` over its finite voxels; None when too few remain."""
     vals = np.asarray(values, dtype=float).ravel()
     s = np.asarray(mtr_scores, dtype=float).ravel()
     t = np.asarray(off_scores, dtype=float).ravel()
@@ -729,17 +702,16 @@ def _mtr_deviations(values, mtr_scores, off_scores, volume_mm3, voxel_volume_mm3
     vals, s, t = vals[ok], s[ok], t[ok]
     n = n_top_voxels(volume_mm3, voxel_volume_mm3, min_voxels)
     if vals.size < max(int(min_voxels), MTR_NUCLEUS_MIN_REGION * n):
-        return None
+        return NAN
     tc = t - t.mean()
     sxx = float(tc @ tc)
     b = float(tc @ (s - s.mean())) / sxx if sxx > 0 else 0.0
     resid = s - s.mean() - b * tc
-    return vals, resid - np.median(resid), n
-
-
-def _deeper_side(d: np.ndarray, order: np.ndarray, n: int) -> int:
-    """+1 when the n largest d_i lie further from 0 than the n smallest, else -1."""
-    return 1 if d[order[-n:]].mean() > -d[order[:n]].mean() else -1
+    d = resid - np.median(resid)
+    order = np.argsort(d, kind="stable")
+    low, high = order[:n], order[-n:]
+    side = high if d[high].mean() > -d[low].mean() else low
+    return float(np.mean(vals[side]))
 
 
 def snr(signal_values: ArrayLike, noise_values: ArrayLike, min_voxels: int = MIN_VOXELS) -> float:

@@ -268,10 +268,7 @@ def mt_rows(mtr_map: np.ndarray, enhancement: np.ndarray, mt_on: np.ndarray, mt_
 
     ``mtr`` (method ``neighbour_residual_top_volume``) is the MTR of the nucleus, not of its
     search region: ``measures.mtr_nucleus`` over the region's tissue voxels, the profile's
-    fixed volume per side (``top_volume_of``; twice that for bilateral). Where the profile's
-    ``mtr_method`` takes it to no noise (``simex_neighbour_residual_top_volume``, the SN:
-    ``measures.simex`` with the noise sd of each image of the pair, ``measures.noise_sd`` in the
-    ROI's reference region), the uncorrected value stays as ``mtr_neighbour_residual_top_volume``. Fluid is left out
+    fixed volume per side (``top_volume_of``; twice that for bilateral). Fluid is left out
     there by the mean of each voxel's 8 in-plane neighbours (MTR below
     ``profile.tissue_mtr_fraction`` times the reference regions' median MTR), not by the
     voxel's own MTR: a threshold on the voxel's own noisy value would drop the nucleus voxels
@@ -315,28 +312,19 @@ def mt_rows(mtr_map: np.ndarray, enhancement: np.ndarray, mt_on: np.ndarray, mt_
         ref = refs[ref_roi]
         # the MT-on image's distance (the pair shares its reconstruction); NEAREST_ONLY: the nearest
         distance = 1 if roi in NEAREST_ONLY else ref["neighbour_distance"]
-        method = profile.mtr_method.get(roi, MTR_NUCLEUS_METHOD)
-        noise = None
-        if method.startswith(SIMEX):  # each image's own noise sd, in the ROI's reference region
-            ref_mask = masks.get((ref_roi, "bilateral"))
-            noise = [m.noise_sd(img, ref_mask, slice_axis, profile.min_voxels, ref["neighbour_distance"])
-                     if ref_mask is not None else np.nan for img in (mt_on, mt_off)]
         for hemi in HEMIS:
             cov = coverage.get((roi, hemi), np.nan)
             roi_mask = masks.get((roi, hemi))
             if not (np.isfinite(cov) and cov >= profile.min_coverage):
                 roi_mask = None
-            rich = nucleus = uncorrected = None
+            rich = nucleus = None
             if roi_mask is not None:
                 rich = roi_mask.copy()
                 rich[roi_mask] = m.threshold_mask(on_tissue[roi_mask], ref["value"], ref["sd"], profile.threshold_k)
                 volume = profile.top_volume_of(roi) * (2 if hemi == "bilateral" else 1)
-                args = (mt_on, mt_off, roi_mask, ref_mtr, profile, volume, voxel_volume, slice_axis, distance)
-                uncorrected = _nucleus_mtr(*args)
-                nucleus = _nucleus_mtr(*args, noise=noise) if noise is not None else uncorrected
-            row(roi, hemi, "mtr", nucleus, "percent", method)
-            if method != MTR_NUCLEUS_METHOD:  # the estimate SIMEX refines, kept selectable
-                row(roi, hemi, "mtr_" + MTR_NUCLEUS_METHOD, uncorrected, "percent", MTR_NUCLEUS_METHOD)
+                nucleus = _nucleus_mtr(mt_on, mt_off, roi_mask, ref_mtr, profile, volume, voxel_volume,
+                                       slice_axis, distance)
+            row(roi, hemi, "mtr", nucleus, "percent", MTR_NUCLEUS_METHOD)
             row(roi, hemi, "mtr_roimean", mean_of(mtr_tissue, roi_mask), "percent", "roi_mean")
             row(roi, hemi, "mtr_threshold", mean_of(mtr_tissue, rich), "percent", k, ref_roi)
             row(roi, hemi, "mt_enhancement", mean_of(enh_tissue, roi_mask), "ratio", "roi_mean")
@@ -346,38 +334,22 @@ def mt_rows(mtr_map: np.ndarray, enhancement: np.ndarray, mt_on: np.ndarray, mt_
     return rows
 
 
-def _nucleus_mtr(mt_on, mt_off, mask, ref_mtr, profile, volume, voxel_volume, axis, distance,
-                 noise=None, keep_side: bool = False) -> float:
+def _nucleus_mtr(mt_on, mt_off, mask, ref_mtr, profile, volume, voxel_volume, axis, distance) -> float:
     """The nucleus MTR (``measures.mtr_nucleus``) of the search region ``mask``, neighbours at
-    ``distance``, measured on the region's crop; taken to no noise by ``measures.simex`` when
-    ``noise`` (the noise sd of the MT-on and of the MT-off image) is given: noise is added to
-    both images of the pair and the whole estimate, fluid included, is made again, with the
-    side of the tissue line the image's own choice took when ``keep_side``.
+    ``distance``, measured on the region's crop.
 
     The crop is two neighbour distances wider than the region in plane: a voxel's score is
     the mean of its tissue neighbours, and whether a neighbour is tissue depends on its own
     neighbours."""
     box = roi_crop(mask, axis, pad=2 * distance)
-    pair = np.stack([np.asarray(mt_on, dtype=float)[box], np.asarray(mt_off, dtype=float)[box]])
-    inside = mask[box]
-
-    def choice(images: np.ndarray) -> tuple:
-        on, off = images
-        mtr_map = np.where(np.isfinite(on) & np.isfinite(off), m.mtr(on, off), np.nan)
-        tissue = _tissue_by_neighbours(mtr_map, ref_mtr, profile, axis, distance)
-        mtr_nb = np.where(tissue, mtr_map, np.nan)
-        mtr_scores = m.inplane_neighbour_mean(mtr_nb, axis, distance)
-        off_scores = m.inplane_neighbour_mean(np.where(tissue, off, np.nan), axis, distance)
-        sel = inside & tissue
-        return mtr_nb[sel], mtr_scores[sel], off_scores[sel], volume, voxel_volume, profile.min_voxels
-
-    if noise is None:
-        return m.mtr_nucleus(*choice(pair))
-    side = m.mtr_nucleus_side(*choice(pair)) if keep_side else None
-    if side == 0:
-        return m.NAN
-    return m.simex(lambda images: m.mtr_nucleus(*choice(images), side=side), pair,
-                   np.asarray(noise, dtype=float).reshape(2, *([1] * (pair.ndim - 1))))
+    on, off = np.asarray(mt_on, dtype=float)[box], np.asarray(mt_off, dtype=float)[box]
+    mtr_map = np.where(np.isfinite(on) & np.isfinite(off), m.mtr(on, off), np.nan)
+    tissue = _tissue_by_neighbours(mtr_map, ref_mtr, profile, axis, distance)
+    mtr_nb = np.where(tissue, mtr_map, np.nan)
+    mtr_scores = m.inplane_neighbour_mean(mtr_nb, axis, distance)
+    off_scores = m.inplane_neighbour_mean(np.where(tissue, off, np.nan), axis, distance)
+    sel = mask[box] & tissue
+    return m.mtr_nucleus(mtr_nb[sel], mtr_scores[sel], off_scores[sel], volume, voxel_volume, profile.min_voxels)
 
 
 def _reference_mtr(mtr_map: np.ndarray, dseg: np.ndarray, table: pd.DataFrame,

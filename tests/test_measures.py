@@ -433,23 +433,6 @@ def test_mtr_nucleus_by_hand_both_signs():
         assert m.mtr_nucleus(m_own[order], s[order], t[order], 2.0, 1.0, min_voxels=2) == pytest.approx(expected)
 
 
-def test_mtr_nucleus_side_imposed_and_reported():
-    """The side the rule takes (``mtr_nucleus_side``), and the other side when imposed: on a
-    region whose neighbour MTR lies on a line but for 2 voxels far above it and 2 a little
-    below, the rule takes the 2 above (+1); imposed -1 takes the 2 below."""
-    t = np.arange(12, dtype=float)
-    s = 40.0 - t  # the tissue line
-    s[[3, 7]] += 10.0  # far above
-    s[[5, 9]] -= 2.0   # a little below
-    own = np.full(12, 35.0)
-    own[[3, 7]], own[[5, 9]] = 20.0, 45.0
-    assert m.mtr_nucleus_side(own, s, t, 2.0, 1.0, min_voxels=2) == 1
-    assert m.mtr_nucleus(own, s, t, 2.0, 1.0, min_voxels=2) == pytest.approx(20.0)
-    assert m.mtr_nucleus(own, s, t, 2.0, 1.0, min_voxels=2, side=-1) == pytest.approx(45.0)
-    assert m.mtr_nucleus(own, s, t, 2.0, 1.0, min_voxels=2, side=1) == pytest.approx(20.0)
-    assert m.mtr_nucleus_side(own[:4], s[:4], t[:4], 2.0, 1.0, min_voxels=2) == 0  # too small a region
-
-
 def test_mtr_nucleus_nan_and_too_small_a_region():
     m_own, s, t = _line_region(-6.0)
     # non-finite voxels are left out: one tissue voxel's own MTR missing changes nothing here
@@ -484,19 +467,6 @@ def test_simex_of_a_second_moment_is_the_moment_correction():
     # a NaN element of an array estimate stays NaN, the others are extrapolated
     out = m.simex(lambda x: np.array([nan, np.mean(x)]), img, 2.0)
     assert math.isnan(out[0]) and np.isfinite(out[1])
-
-
-def test_simex_with_one_noise_sd_per_stacked_image():
-    """Two images stacked on a first axis (an MT pair), each with its own noise sd: T = the
-    mean square of each reads its own sigma^2 high (4 and 9), and SIMEX with the sd of each
-    (broadcast as shape (2, 1)) removes each one's (100 and 400); one sd for both would not."""
-    rng = np.random.default_rng(4)
-    pair = np.stack([10.0 + 2.0 * rng.standard_normal(20000), 20.0 + 3.0 * rng.standard_normal(20000)])
-    est = lambda x: np.mean(x ** 2, axis=1)  # noqa: E731
-    assert est(pair) == pytest.approx([104.0, 409.0], abs=1.0)
-    assert m.simex(est, pair, np.array([2.0, 3.0]).reshape(2, 1)) == pytest.approx([100.0, 400.0], abs=1.0)
-    assert m.simex(est, pair, 2.0)[1] == pytest.approx(405.0, abs=1.0)  # only 4 of its 9 removed
-    assert math.isnan(m.simex(est, pair, np.array([2.0, nan]).reshape(2, 1))[0])
 
 
 def test_inplane_neighbour_mean_at_distance_2_by_hand():

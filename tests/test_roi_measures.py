@@ -78,10 +78,7 @@ def test_mt_rows_roi_mean_and_nm_rich_voxels():
     assert _value(rows_f, "SN", "L", "mtr_roimean") == pytest.approx((5 * 35 + 2 * 50) / 7)
     # the nucleus's MTR needs a search region of at least 4 x 50 voxels (50 mm3): 8 -> n/a
     assert _value(rows, "SN", "L", "mtr") is None
-    # the SN's is taken to no noise by SIMEX; the estimate it refines stays (n/a too)
-    assert _method(rows, "SN", "L", "mtr") == "simex_neighbour_residual_top_volume"
-    assert _value(rows, "SN", "L", "mtr_neighbour_residual_top_volume") is None
-    assert _method(rows, "SN", "L", "mtr_neighbour_residual_top_volume") == "neighbour_residual_top_volume"
+    assert _method(rows, "SN", "L", "mtr") == "neighbour_residual_top_volume"
     assert _method(rows, "SN", "L", "mtr_roimean") == "roi_mean"
     assert _value(rows, "SN", "R", "mtr") is None and _value(rows, "SN", "R", "mtr_roimean") is None
     assert _value(rows, "CC", "bilateral", "mtr") == pytest.approx(np.mean(mtr[:6]))
@@ -157,29 +154,6 @@ def test_mtr_is_the_nucleus_not_its_search_region(noise_sd):
     # the region mean: reads the low nucleus more than 10 % high and compresses the difference
     assert abs(old[0] - truths[0]) > 0.10 * truths[0]
     assert (old[1] - old[0]) / (truths[1] - truths[0]) < 0.5
-
-
-def test_sn_mtr_is_the_nucleus_choice_taken_to_no_noise():
-    """The SN's mtr is ``measures.simex`` of the nucleus choice over both images of the pair,
-    each with its own noise sd in the reference region (CC); the choice itself stays as
-    mtr_neighbour_residual_top_volume. The VTA and LC keep the choice (no such row)."""
-    from nmbids.roi_measures import _nucleus_mtr, _reference_mtr, region_masks
-
-    on, off, dseg = _toy_mt_pair(28.0, 0.06, seed=1)
-    coverage = {("SN", "L"): 1.0, ("SN", "bilateral"): 1.0}
-    profile = PROFILES["MTR"]
-    mtr, enh = m.mtr(on, off), m.mt_enhancement(on, off)
-    _, refs = measure_grid(tissue_only(on, mtr, dseg, TABLE, profile), dseg, TABLE, coverage, profile, "median",
-                           voxel_volume=1.0)
-    rows = mt_rows(mtr, enh, on, off, dseg, TABLE, coverage, profile, refs, voxel_volume=1.0)
-    masks = region_masks(dseg, TABLE)
-    noise = [m.noise_sd(img, masks[("CC", "bilateral")], 2, profile.min_voxels, 1) for img in (on, off)]
-    args = (on, off, masks[("SN", "L")], _reference_mtr(mtr, dseg, TABLE, profile), profile, 50.0, 1.0, 2, 1)
-    choice = _nucleus_mtr(*args)
-    assert _value(rows, "SN", "L", "mtr_neighbour_residual_top_volume") == pytest.approx(choice)
-    assert _value(rows, "SN", "L", "mtr") == pytest.approx(_nucleus_mtr(*args, noise=noise))
-    assert _value(rows, "SN", "L", "mtr") != pytest.approx(choice, abs=1e-3)
-    assert not [r for r in rows if r["measure"] == "mtr_neighbour_residual_top_volume" and r["roi"] != "SN"]
 
 
 def test_tissue_only_drops_fluid_of_mt_pairs():

@@ -16,9 +16,8 @@ repeats of both images, an SNR of ``snr * sqrt(r)`` per image (same seed, so the
 pattern scaled); what averaging real repeats adds besides (their realignment) is not in it.
 
 Measured per target ROI and hemisphere: the table's ``mtr`` (the nucleus's MTR, method
-``neighbour_residual_top_volume``, for the SN ``simex_neighbour_residual_top_volume``), the SN's
-``mtr_neighbour_residual_top_volume`` (its nucleus MTR without SIMEX, the default before) and
-``mtr_roimean`` (the search region mean, the default before that), and two values re-measured from the written MTR map: ``core``, the mean over the
+``neighbour_residual_top_volume``) and ``mtr_roimean`` (the search region mean, the default
+before), and two values re-measured from the written MTR map: ``core``, the mean over the
 voxels the truth puts at least 90 % inside the nucleus (what a perfect nucleus label would read
 on the same images), and ``lowest``, the mean MTR of the same number of voxels as ``mtr`` but
 chosen as those whose neighbours have the lowest MTR (the choice that assumes the nucleus's MTR
@@ -44,7 +43,7 @@ from .measure import load_measures, truth_acqs
 SNRS = (14.0, 25.0)  # per image, in white matter
 REPEATS = (1, 3)
 REGIME_CR = {"below": 0.12, "above": -0.10}  # added to every nucleus's CR (GRE-MT units)
-MEASURES = ("mtr", "mtr_neighbour_residual_top_volume", "mtr_roimean", "core", "lowest")
+MEASURES = ("mtr", "mtr_roimean", "core", "lowest")
 TARGETS = ("SN", "VTA", "LC")
 GOAL = (0.8, 1.2)  # slope and measured/true
 CORE = 0.9  # truth probseg fraction of the "core" voxels

@@ -65,12 +65,8 @@ def measure_levels(ref_stat: str | None = None) -> dict[str, tuple[str, str]]:
         "mtr": ("target ROIs: MTR = 100 * (off - on) / off of the nucleus found in the search region (method "
                 f"{MTR_NUCLEUS_METHOD}: the mean MTR of the tissue voxels that make up a fixed volume per side "
                 f"({mtr_sizes} mm3) and whose 8 in-plane neighbours deviate most, on one side, from the region's "
-                f"line of neighbour-mean MTR against MT-off; for the SN {SIMEX}{MTR_NUCLEUS_METHOD}, the same "
-                "taken to no noise); reference regions (CC, PT): the mean over the region's tissue voxels",
-                "percent"),
-        "mtr_" + MTR_NUCLEUS_METHOD: (f"SN: the nucleus MTR (method {MTR_NUCLEUS_METHOD}) without the SIMEX step "
-                                      "of the default mtr: its slope against the true MTR falls with the noise "
-                                      "(0.70 at SNR 14 per image, 0.82 at 43)", "percent"),
+                "line of neighbour-mean MTR against MT-off); reference regions (CC, PT): the mean over the "
+                "region's tissue voxels", "percent"),
         "mtr_roimean": ("mean of 100 * (off - on) / off over the search region's tissue voxels (fluid, MTR < half "
                         "the reference regions' MTR, left out): mixes the nucleus with the tissue around it and "
                         "compresses differences between subjects (the default mtr before the nucleus was found)",
@@ -127,11 +123,6 @@ def measures_dictionary(ref_stat: str | None = None) -> dict:
             MTR_NUCLEUS_METHOD: "MT pairs: mean MTR of the ROI tissue voxels that make up a fixed volume per side "
                                 "and deviate most, by the mean of their 8 in-plane neighbours, from the ROI's line "
                                 "of MTR against MT-off, on the side that deviates more (measures.mtr_nucleus)",
-            SIMEX + MTR_NUCLEUS_METHOD: f"{MTR_NUCLEUS_METHOD} taken to no noise by simulation-extrapolation "
-                                        f"(measures.simex): re-measured after adding noise of {levels} times each "
-                                        "image's noise variance to both images of the pair (noise sd of each in "
-                                        f"the reference region; {SIMEX_DRAWS} draws each), a line fitted to the "
-                                        "MTR against the variance added and extended to minus the images' own",
             "roi_mean": "mean over the whole ROI", "max_per_slice":
             "per slice, the mean of the 3 brightest ROI voxels against the slice's reference; averaged",
             "neighbour_max_per_slice": "per slice, the mean of the 3 ROI voxels with the brightest 8 in-plane "

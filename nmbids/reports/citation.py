@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..acquisitions import MTR, MTR_TOP_VOLUME_MM3, NEIGHBOUR_BOX, NM_N4_SPLINE_MM, PROFILES, SIMEX, TOP_VOLUME_MM3
+from ..acquisitions import MTR_TOP_VOLUME_MM3, NEIGHBOUR_BOX, NM_N4_SPLINE_MM, PROFILES, SIMEX, TOP_VOLUME_MM3
 from ..cit168_atlas import CITATION as CIT168_CITATION, THRESHOLD as CIT168_THRESHOLD
 from ..contract import names
 from ..measures import SHARED_NOISE_RATIO, SIMEX_DRAWS, SIMEX_LEVELS
@@ -141,9 +141,7 @@ _PARAGRAPHS = (
     "up a fixed volume per side ({mtr_volumes} mm3) and deviate most from that line on the side "
     "that deviates more; the choice is made by each voxel's 8 in-plane neighbours, the voxel "
     "itself left out, and does not assume whether the nucleus's MTR is below or above that of "
-    "its surroundings. For {mtr_simex_rois} that MTR was taken to no noise by SIMEX in the same way, "
-    "noise of each image's own variance being added to both images of the pair and the whole "
-    "estimate made again. Voxelwise CR maps were written in "
+    "its surroundings. Voxelwise CR maps were written in "
     "template space {wengler2020}. The method, space and reference statistic behind every value are "
     "recorded in the measures table (the participant's measures TSV) and its JSON data dictionary; "
     "please report them with the results.",
@@ -202,8 +200,6 @@ def methods_boilerplate(template_name: str, version: str, atlas: str | None = No
                  simex_rois=" and ".join(f"the {roi} of {_ACQ_ABBREVIATIONS[acq]} acquisitions"
                                          for acq, p in PROFILES.items()
                                          for roi, method in p.cr_method.items() if method.startswith(SIMEX)),
-                 mtr_simex_rois=" and ".join(f"the {roi}" for roi, method in PROFILES[MTR].mtr_method.items()
-                                             if method.startswith(SIMEX)),
                  box_rois=" and ".join(f"the {roi} of {_ACQ_ABBREVIATIONS[acq]} acquisitions"
                                        for acq, p in PROFILES.items()
                                        for roi, method in p.cr_method.items() if method.startswith(NEIGHBOUR_BOX)),
