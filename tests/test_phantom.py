@@ -390,6 +390,26 @@ def test_high_snr_image_recovers_contrast(tmp_path):
         assert got[name] == pytest.approx(a["cr"][roi][h], abs=0.01)
 
 
+@pytest.mark.parametrize("orientation, slice_codes", [("sagittal", "LR"), ("coronal", "AP")])
+def test_sagittal_and_coronal_slabs(tmp_path, orientation, slice_codes):
+    """--nm-orientation: the slab's slices are stacked along L-R or A-P instead of S-I, with
+    the truth (nucleus labels, CR) on the same grid: the nuclei's cores hold the true CR."""
+    from nmbids.phantom.options import Options
+
+    sim.simulate_dataset(tmp_path, n_subjects=1, seed=8, acq="gremt", snr=400, bias=0.0, nm_orientation=orientation,
+                         **FINE)
+    truth = json.loads((tmp_path / "truth.json").read_text())
+    (_, _, a), = list(_all_acqs(truth))
+    img = _load(tmp_path / "bids", a["source"])
+    assert nb.aff2axcodes(img.affine)[2] in slice_codes and img.header.get_zooms()[2] == pytest.approx(2.0)
+    got = _measured_cr(tmp_path, a)
+    for name in ("SN_L", "SN_R"):
+        roi, h = name.split("_")
+        assert got[name] == pytest.approx(a["cr"][roi][h], abs=0.01)
+    with pytest.raises(ValueError, match="orientation"):
+        Options(nm_orientation="oblique").validate()
+
+
 # --------------------------------------------------------------------------- external nuclei
 
 @pytest.mark.skipif(not AAL3.is_file(), reason="AAL3 test atlas (../shared) not available")

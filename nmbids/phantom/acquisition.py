@@ -190,6 +190,15 @@ def render_t1w(tm, A, deform, res, rng, snr, bias, noise_free):
     return to_int16(out), aff
 
 
+# The NM slab's voxel axes (columns, scanner RAS) before its tilt, by the plane of its slices
+# (the third axis is the slices'): the usual oblique axial slab (LAS), and coronal and sagittal
+# slabs, whose in-plane FOV (``--nm-fov``) then spans L-R x S-I and A-P x S-I.
+SLAB_AXES = {"axial": np.diag([-1.0, 1.0, 1.0]),
+             "coronal": np.array([[-1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]),
+             "sagittal": np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])}
+NM_ORIENTATIONS = tuple(SLAB_AXES)
+
+
 @dataclass
 class Slab:
     """An NM slab's grid in scanner mm (the position of repeat 1)."""
@@ -203,15 +212,16 @@ class Slab:
 
 
 def plan_slab(rng, A, P, deform, target, opts: Options, kind: str) -> Slab:
-    """An oblique axial slab centred on the subject's anatomy at template mm ``target``: tilted
-    about the L-R axis by up to ``--max-tilt``, offset up to 2 mm; FSE slices for ``kind`` fse."""
+    """An oblique slab (axial unless ``--nm-orientation``) centred on the subject's anatomy at
+    template mm ``target``: tilted about the L-R axis by up to ``--max-tilt``, offset up to 2 mm;
+    FSE slices for ``kind`` fse."""
     t = np.asarray(target, float)[:, None]
     q = deform.inverse(t)
     s = apply(P @ np.linalg.inv(A), q)[:, 0]
     tilt = float(rng.uniform(-opts.max_tilt, opts.max_tilt))
     rot = rotation(tilt, 0.0, 0.0)
     offset = rng.uniform(-2.0, 2.0, 3)
-    axes = rot @ np.diag([-1.0, 1.0, 1.0])  # LAS, tilted about the L-R axis
+    axes = rot @ SLAB_AXES[opts.nm_orientation]  # tilted about the L-R axis
     center = s + rot @ offset
     slice_mm, n_slices = ((opts.fse_slice, opts.fse_slices) if kind == "fse"
                           else (opts.nm_slice, opts.nm_slices))

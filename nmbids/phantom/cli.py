@@ -12,6 +12,7 @@ from pathlib import Path
 
 import nibabel as nb
 
+from .acquisition import NM_ORIENTATIONS
 from .dataset import simulate_dataset
 from .options import Options
 from .writer import GENERATOR, REPEATS_LAYOUTS
@@ -49,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
                         "_T1w names (BIDS requires them 3D), 4D otherwise (default auto)")
     p.add_argument("--repeats-as-runs", action="store_true", help="same as --repeats-layout runs")
     p.add_argument("--max-tilt", type=float, default=d.max_tilt, help="max slab tilt, deg (15)")
+    p.add_argument("--nm-orientation", choices=NM_ORIENTATIONS, default=d.nm_orientation,
+                   help="plane of the NM slices: axial (default), coronal or sagittal (--nm-fov then "
+                        "spans the slices' plane)")
     p.add_argument("--motion-mm", type=float, default=d.motion_mm, help="max motion translation (1)")
     p.add_argument("--motion-deg", type=float, default=d.motion_deg, help="max motion rotation (1)")
     p.add_argument("--deform-mm", type=float, default=d.deform_mm, help="max deformation, mm (3)")
@@ -94,7 +98,7 @@ def main(argv=None) -> int:
             fse_slice=args.fse_slice, fse_slices=args.fse_slices, snr=args.snr,
             repeats=args.repeats,
             repeats_layout="runs" if args.repeats_as_runs else args.repeats_layout,
-            max_tilt=args.max_tilt,
+            max_tilt=args.max_tilt, nm_orientation=args.nm_orientation,
             motion_mm=args.motion_mm, motion_deg=args.motion_deg, deform_mm=args.deform_mm,
             bias=args.bias, noise_free=args.noise_free, nm_zero_fill=args.nm_zero_fill,
             nm_slice_zero_fill=args.nm_slice_zero_fill,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 
-from .acquisition import ACQ_TYPES
+from .acquisition import ACQ_TYPES, NM_ORIENTATIONS
 from .cohort import parse_age_slope, parse_effects
 from .writer import REPEATS_LAYOUTS
 
@@ -33,6 +33,9 @@ class Options:
     repeats: int = 3
     repeats_layout: str = "auto"  # auto | 4d | runs
     max_tilt: float = 15.0
+    # plane of the NM slab's slices: "axial" (the usual oblique axial slab), "coronal" or
+    # "sagittal" (slices stacked along A-P or L-R; the in-plane FOV then spans the other two axes)
+    nm_orientation: str = "axial"
     motion_mm: float = 1.0
     motion_deg: float = 1.0
     deform_mm: float = 3.0
@@ -67,6 +70,8 @@ class Options:
             raise ValueError("--nm-zero-fill and --nm-slice-zero-fill must be >= 1")
         if self.nm_slices < 1 or self.fse_slices < 1 or self.repeats < 1 or self.sessions < 1:
             raise ValueError("slice counts, --repeats and --sessions must be >= 1")
+        if self.nm_orientation not in NM_ORIENTATIONS:
+            raise ValueError(f"--nm-orientation must be one of {NM_ORIENTATIONS}")
         if self.repeats_layout not in REPEATS_LAYOUTS:
             raise ValueError(f"--repeats-layout must be one of {REPEATS_LAYOUTS}")
         if self.sites < 1 or not self.groups or len(set(self.groups)) != len(self.groups):
