@@ -12,8 +12,8 @@ import numpy as np
 
 from .bids import NO_T1W_REASON, SessionPlan
 from .contract.exits import EXIT_DATA, EXIT_NO_INPUT, EXIT_OK, NmbidsError
-from .contract.thresholds import (COVERAGE_MIN, MOTION_MAX_MM, NM2T1W_SIMILARITY_MIN, SNR_MIN,
-                                  T1W2TEMPLATE_SIMILARITY_MIN)
+from .contract.thresholds import (AXIAL_TILT_MAX_DEG, COVERAGE_MIN, MOTION_MAX_MM, NM2T1W_SIMILARITY_MIN,
+                                  SNR_MIN, T1W2TEMPLATE_SIMILARITY_MIN)
 from .images import check_image
 
 LOG = logging.getLogger("nmbids")
@@ -82,7 +82,7 @@ def preflight(plan: SessionPlan, bids_dir: Path, outcome, refused: dict | None =
 
 
 def qc_flags(coverage: dict, snr: float | None, motion: list, similarity: float,
-             template_similarity: float) -> list[str]:
+             template_similarity: float, slice_tilt: float | None = None) -> list[str]:
     """The QC table's flags of one NM image (rules: ``contract.thresholds.flag_rules``)."""
     flags = []
     for key in ("SN_bilateral", "VTA_bilateral", "LC_bilateral"):
@@ -97,6 +97,8 @@ def qc_flags(coverage: dict, snr: float | None, motion: list, similarity: float,
         flags.append("poor_nm2t1w_registration")
     if not np.isfinite(template_similarity) or template_similarity < T1W2TEMPLATE_SIMILARITY_MIN:
         flags.append("poor_t1w2template_registration")
+    if slice_tilt is not None and slice_tilt > AXIAL_TILT_MAX_DEG:
+        flags.append("non_axial_slices")
     return flags
 
 
@@ -104,12 +106,12 @@ def qc_row(*, participant: str, session_id: str, source: str, acq_type: str, mot
            similarity: float, template_similarity: float) -> dict:
     """The QC table's row of one NM image (columns: ``contract.tables.QC_COLUMNS``)."""
     cov = results["coverage"]
-    flags = qc_flags(cov, results.get("snr"), motion, similarity, template_similarity)
+    flags = qc_flags(cov, results.get("snr"), motion, similarity, template_similarity, results.get("slice_tilt_deg"))
     return {
         "participant_id": f"sub-{participant}", "session_id": session_id, "source": source, "acq_type": acq_type,
         "n_repeats": len(motion), "motion_mean_mm": float(np.mean(motion[1:])) if len(motion) > 1 else 0.0,
         "motion_max_mm": float(np.max(motion)), "snr": results["snr"],
-        "neighbour_distance": results.get("neighbour_distance"),
+        "neighbour_distance": results.get("neighbour_distance"), "slice_tilt_deg": results.get("slice_tilt_deg"),
         "nm2t1w_similarity": similarity, "t1w2template_similarity": template_similarity,
         "coverage_SN": cov.get("SN_bilateral"), "coverage_VTA": cov.get("VTA_bilateral"),
         "coverage_LC": cov.get("LC_bilateral"), "flags": ";".join(flags) if flags else None}

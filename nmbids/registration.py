@@ -333,6 +333,17 @@ def slices_last(image: ants.ANTsImage) -> ants.ANTsImage:
                            direction=np.asarray(image.direction, dtype=float)[:, order])
 
 
+def slice_tilt_deg(image: ants.ANTsImage) -> float:
+    """Angle, in degrees (0-90), between the third voxel axis of ``image`` (its slices' normal,
+    after ``slices_last``) and the head's superior-inferior axis: about 0-30 for an oblique
+    axial slab, about 90 for a sagittal or coronal one.
+
+        tilt = arccos(|D[2, 2]|)   (D the direction matrix, LPS: row 2 is S; its columns are
+                                     unit vectors, orthogonal on an unsheared grid)
+    """
+    return float(np.degrees(np.arccos(min(1.0, abs(float(np.asarray(image.direction, dtype=float)[2, 2]))))))
+
+
 def inferior_first(image: ants.ANTsImage) -> bool:
     """Whether the third voxel axis of an axial image runs inferior → superior (LPS and RAS
     agree on z): the order of an axial slab's slices."""

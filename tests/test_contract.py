@@ -63,6 +63,8 @@ def test_qc_flags_at_the_thresholds():
                      thresholds.NM2T1W_SIMILARITY_MIN, float("nan"))
     assert flags == ["low_coverage_LC", "high_motion", "low_snr", "poor_t1w2template_registration"]
     assert qc_flags({}, None, [0.0], 0.9, 0.9) == []
+    assert qc_flags({}, None, [0.0], 0.9, 0.9, thresholds.AXIAL_TILT_MAX_DEG) == []
+    assert qc_flags({}, None, [0.0], 0.9, 0.9, thresholds.AXIAL_TILT_MAX_DEG + 1) == ["non_axial_slices"]
 
 
 def test_one_error_module():

@@ -296,6 +296,32 @@ def test_slab_stored_with_its_slices_on_another_axis_reads_the_same(tmp_path):
     assert np.allclose(values[1], values[0], atol=0.002)
 
 
+def test_sagittal_slab_measures_the_lc_on_the_template_axial_slices(tmp_path):
+    """A GRE-MT slab whose slices are sagittal (stacked along L-R: ``nmbids-simulate
+    --nm-orientation sagittal``): its slices do not cut the LC's rostro-caudal column across,
+    so the LC and its thirds are measured on the template's axial slices (``space`` template),
+    the QC says so (``slice_tilt_deg`` about 90, flag ``non_axial_slices``), and the SN, measured
+    on the slab's own grid, still reads its truth."""
+    sim.simulate_dataset(tmp_path, n_subjects=1, seed=5, acq="gremt", nm_orientation="sagittal", **PHANTOM)
+    out = tmp_path / "out"
+    assert _run(tmp_path / "bids", out, "participant", "-w", tmp_path / "work", "--nprocs", 2,
+                "--registration-quality", "fast", "--skip-bids-validation") == 0
+    m = _measured(out, "sub-01")
+    cr = m[m.measure == "cr"]
+    lc = cr[cr.roi.str.startswith("LC")]
+    assert len(lc) == 12 and (lc.space == "template").all() and lc.value.notna().all()
+    assert (lc[lc.roi == "LC"].value > 0).all()  # a nucleus brighter than the pontine tegmentum
+    assert (cr[cr.roi.isin(["SN", "VTA"])].space == "native").all()
+    qc = pd.read_csv(out / "sub-01" / "anat" / "sub-01_desc-nm_qc.tsv", sep="\t")
+    assert qc["slice_tilt_deg"].iloc[0] > 75 and "non_axial_slices" in qc["flags"].iloc[0]
+    truth = json.loads((tmp_path / "truth.json").read_text())
+    true = _truth_cr(truth, "sub-01", "SN")
+    sn = cr[cr.roi == "SN"].set_index("hemi")["value"]
+    ratios = [sn[h] / true[h] for h in ("L", "R")]
+    print("sagittal slab: SN measured/true", np.round(ratios, 3), "LC", lc.set_index(["roi", "hemi"]).value.round(3).to_dict())
+    assert all(RATIO_BAND[0] <= r <= RATIO_BAND[1] for r in ratios)
+
+
 def test_phantom_report_renders_in_chromium(phantom_run, tmp_path):
     """The real report of a phantom participant: every figure exists and the browser loads it cleanly."""
     from test_reports import _chromium, _parse, _run_chromium

@@ -50,3 +50,15 @@ def test_slices_last_moves_the_slices_and_keeps_every_voxel_in_place():
     # already slices last: the image itself
     axial = _img((5, 6, 7), (0.8, 0.8, 2.0))
     assert slices_last(axial) is axial
+
+
+def test_slice_tilt_against_superior_inferior():
+    """0 for axial slices, the tilt of an oblique axial slab, 90 for sagittal or coronal ones."""
+    from nmbids.registration import slice_tilt_deg
+
+    assert slice_tilt_deg(_img((5, 6, 7), (0.8, 0.8, 2.0))) == pytest.approx(0.0)
+    t = np.deg2rad(20)  # tilted about L-R (LPS x): the slice axis leans towards A-P
+    oblique = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(t), np.sin(t)], [0.0, -np.sin(t), np.cos(t)]])
+    assert slice_tilt_deg(_img((5, 6, 7), (0.8, 0.8, 2.0), oblique)) == pytest.approx(20.0)
+    sagittal = slices_last(_img((7, 6, 5), (2.0, 0.8, 0.8)))  # slices along L-R, put third
+    assert slice_tilt_deg(sagittal) == pytest.approx(90.0)

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from ..acquisitions import MTR_NUCLEUS_METHOD, MTR_TOP_VOLUME_MM3, NEIGHBOUR_BOX, PROFILES, SIMEX, TOP_VOLUME_MM3
 from ..measures import SHARED_NOISE_RATIO, SIMEX_DRAWS, SIMEX_LEVELS
-from .thresholds import flag_rules
+from .thresholds import AXIAL_TILT_MAX_DEG, flag_rules
 
 MEASURE_COLUMNS = ["participant_id", "session_id", "source", "acq_type", "roi", "hemi", "measure",
                    "value", "unit", "method", "space", "reference", "ref_stat"]
 MEASURE_REQUIRED = ["participant_id", "roi", "hemi", "measure", "value"]  # a table without them is unusable
 
 QC_COLUMNS = ["participant_id", "session_id", "source", "acq_type", "n_repeats", "motion_mean_mm",
-              "motion_max_mm", "snr", "neighbour_distance", "nm2t1w_similarity", "t1w2template_similarity",
+              "motion_max_mm", "snr", "neighbour_distance", "slice_tilt_deg", "nm2t1w_similarity",
+              "t1w2template_similarity",
               "coverage_SN", "coverage_VTA", "coverage_LC", "flags"]
 QC_REQUIRED = ["participant_id"]
 QC_NUMERIC = [c for c in QC_COLUMNS if c not in ("participant_id", "session_id", "source", "acq_type", "flags")]
@@ -137,7 +138,8 @@ def measures_dictionary(ref_stat: str | None = None) -> dict:
         "space": {"Description": "where the value was measured", "Levels": {
             "native": "on the NM image's own grid, with the template's regions pulled onto it",
             "template": "on the NM image resampled to the output template, with the template's regions "
-                        "and reference regions (the acquisition profile's choice for the VTA); coverage "
+                        "and reference regions (where an acquisition profile chooses it, and the LC of slabs "
+                        f"whose slices are not axial, QC slice_tilt_deg > {AXIAL_TILT_MAX_DEG:g}); coverage "
                         "is always measured there"}},
         "reference": {"Description": "reference region of the value (CC, PT) or n/a"},
         "ref_stat": {"Description": "statistic of the reference region: mode (Gaussian kernel density "
@@ -159,6 +161,10 @@ def qc_dictionary() -> dict:
         "motion_max_mm": {"Description": "largest displacement of any repeat relative to the first", "Units": "mm"},
         "snr": {"Description": SNR_DESCRIPTION, "Units": "ratio"},
         "neighbour_distance": {"Description": NEIGHBOUR_DISTANCE_DESCRIPTION, "Units": "voxels"},
+        "slice_tilt_deg": {"Description": "angle between the NM slab's slice normal and the head's superior-inferior "
+                                          f"axis (0: axial slices); above {AXIAL_TILT_MAX_DEG:g} the slices are not "
+                                          "axial and the LC is measured on the template's axial slices",
+                           "Units": "degrees"},
         "nm2t1w_similarity": {"Description": "|Pearson r| between the NM slab and the T1w resampled onto it "
                                              "after rigid registration, inside the slab"},
         "t1w2template_similarity": {"Description": "|Pearson r| between the warped T1w and the template "

@@ -169,6 +169,7 @@ def make_qc(parts: pd.DataFrame, sessions, rng, naming: tuple = ("single",)) -> 
             "motion_max_mm": np.round(rng.gamma(2, 0.2, n), 3),
             "snr": np.round(rng.normal(20, 3, n), 2),
             "neighbour_distance": 1,
+            "slice_tilt_deg": np.round(np.linspace(2.0, 18.0, n), 1),  # oblique axial slabs (no draw: the rest stays)
             "nm2t1w_similarity": np.round(rng.uniform(0.5, 0.8, n), 3),
             "t1w2template_similarity": np.round(rng.uniform(0.6, 0.9, n), 3),
             "coverage_SN": 1.0, "coverage_VTA": 1.0, "coverage_LC": 0.9,

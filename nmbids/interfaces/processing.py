@@ -6,6 +6,7 @@ resumes where it stopped.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -267,12 +268,18 @@ class QuantifyNM(SimpleInterface):
         from .. import measures
         from ..acquisitions import PROFILES
         from ..roi_measures import Grid, measure_rois, mt_rows, qc_snr, region_masks, tissue_only
-        from ..registration import inferior_first, pull_atlas_to_nm, push_nm_to_template
+        from ..contract.thresholds import AXIAL_TILT_MAX_DEG
+        from ..registration import inferior_first, pull_atlas_to_nm, push_nm_to_template, slice_tilt_deg
         from ..templates import get_template
 
         xfm = {"affine": self.inputs.affine, "warp": self.inputs.warp, "invwarp": self.inputs.invwarp}
         profile = PROFILES[self.inputs.acq_type]
         nm = ants.image_read(self.inputs.nm)
+        tilt = slice_tilt_deg(nm)
+        if tilt > AXIAL_TILT_MAX_DEG and profile.space_of("LC") == "native":
+            # The LC is measured slice by slice (its rostral, middle and caudal thirds): slices
+            # that are not axial do not cut its rostro-caudal column across, the template's do.
+            profile = dataclasses.replace(profile, measure_space={**profile.measure_space, "LC": "template"})
         atlas = ants.image_read(self.inputs.atlas)
         template = ants.image_read(str(get_template(self.inputs.template).t1w))
         table = pd.read_csv(self.inputs.atlas_table, sep="\t")
@@ -342,6 +349,7 @@ class QuantifyNM(SimpleInterface):
             "coverage": {f"{roi}_{hemi}": cov for (roi, hemi), cov in coverage.items()},
             "snr": qc_snr(refs, profile.map_reference),
             "neighbour_distance": next((r["neighbour_distance"] for r in refs.values()), None),
+            "slice_tilt_deg": tilt,
             "map_reference": profile.map_reference,
         }
         out["results"] = os.path.join(cwd, "results.json")

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from ..acquisitions import PROFILES
-from ..contract.thresholds import (COVERAGE_MIN, CR_MAX, CR_MEASURES, CR_MIN, MOTION_MAX_MM,  # noqa: F401
+from ..contract.thresholds import (AXIAL_TILT_MAX_DEG, COVERAGE_MIN, CR_MAX, CR_MEASURES, CR_MIN, MOTION_MAX_MM,  # noqa: F401
                                    NM2T1W_SIMILARITY_MIN, SNR_MIN, T1W2TEMPLATE_SIMILARITY_MIN, THRESHOLDS)
 
 NA = "n/a"
@@ -72,6 +72,9 @@ def qc_row_warnings(row: dict[str, str]) -> list[QCWarning]:
     v = as_float(row.get("snr"))
     if v is not None and v < SNR_MIN:
         add("snr", f"< {SNR_MIN:g}")
+    v = as_float(row.get("slice_tilt_deg"))
+    if v is not None and v > AXIAL_TILT_MAX_DEG:
+        add("slice_tilt_deg", f"> {AXIAL_TILT_MAX_DEG:g} deg: not axial slices, the LC is measured on the template's")
     v = as_float(row.get("nm2t1w_similarity"))
     if v is not None and v < NM2T1W_SIMILARITY_MIN:
         add("nm2t1w_similarity", f"< {NM2T1W_SIMILARITY_MIN}")
