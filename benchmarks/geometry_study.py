@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from validate import AAL3  # noqa: E402
+from validation.measure import load_measures, truth_acqs  # noqa: E402
 
 ARMS = {"tilt15": ["--max-tilt", "15", "--nm-inplane", "0.8"],
         "tilt35": ["--max-tilt", "35", "--nm-inplane", "0.8"],
@@ -66,18 +67,15 @@ def run_arm(d: Path, arm: str, nprocs: int) -> None:
 
 def arm_values(d: Path, arm: str) -> pd.DataFrame:
     truth = json.loads((d / "truth.json").read_text())
+    table = load_measures(d / "out")
+    cr = table[table.measure == "cr"].set_index(["source", "roi", "hemi"])["value"]
     rows = []
-    for sub, s in truth["subjects"].items():
-        table = pd.read_csv(d / "out" / sub / "anat" / f"{sub}_desc-nm_measures.tsv", sep="\t",
-                            na_values=["n/a"], keep_default_na=False)
-        cr = table[table.measure == "cr"].set_index(["source", "roi", "hemi"])["value"]
-        for sess in s["sessions"].values():
-            for acq in sess["acquisitions"]:
-                for roi in ("SN", "VTA", "LC"):
-                    for hemi in ("L", "R"):
-                        rows.append(dict(arm=arm, sub=sub, acq=acq["acq_type"], roi=roi, hemi=hemi,
-                                         tilt_deg=acq["slab_tilt_deg"], true=acq["cr"][roi][hemi],
-                                         est=cr.get((acq["source"], roi, hemi), np.nan)))
+    for sub, _, acq in truth_acqs(truth):
+        for roi in ("SN", "VTA", "LC"):
+            for hemi in ("L", "R"):
+                rows.append(dict(arm=arm, sub=sub, acq=acq["acq_type"], roi=roi, hemi=hemi,
+                                 tilt_deg=acq["slab_tilt_deg"], true=acq["cr"][roi][hemi],
+                                 est=cr.get((acq["source"], roi, hemi), np.nan)))
     return pd.DataFrame(rows)
 
 
