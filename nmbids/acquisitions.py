@@ -7,7 +7,7 @@ acquisition type means adding a profile here, not scattering ``if`` statements.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 GREMT, FSE, MTR = "GREMT", "FSE", "MTR"
 ACQ_TYPES = (GREMT, FSE, MTR)
@@ -102,6 +102,17 @@ class AcquisitionProfile:
 
     def top_volume_of(self, roi: str) -> float:
         return self.top_volume_mm3.get(roi, TOP_VOLUME_MM3["SN"])
+
+    def for_slices(self, axial: bool) -> "AcquisitionProfile":
+        """This profile for a slab whose slices are axial or not. The ROIs measured slice by
+        slice (``*max_per_slice`` CR methods: the LC and its thirds) are measured on the
+        template's axial slices when the slab's are not: sagittal or coronal slices do not cut
+        the LC's rostro-caudal column across (on phantom slabs the LC read n/a there)."""
+        slicewise = {roi: "template" for roi, method in self.cr_method.items()
+                     if method.endswith("max_per_slice") and self.space_of(roi) == "native"}
+        if axial or not slicewise:
+            return self
+        return replace(self, measure_space={**self.measure_space, **slicewise})
 
 
 PROFILES = {

@@ -62,3 +62,16 @@ def test_slice_tilt_against_superior_inferior():
     assert slice_tilt_deg(_img((5, 6, 7), (0.8, 0.8, 2.0), oblique)) == pytest.approx(20.0)
     sagittal = slices_last(_img((7, 6, 5), (2.0, 0.8, 0.8)))  # slices along L-R, put third
     assert slice_tilt_deg(sagittal) == pytest.approx(90.0)
+
+
+def test_a_profile_for_slices_that_are_not_axial():
+    """The slice-wise ROIs (the LC of GRE-MT and FSE) move to the template's axial slices;
+    nothing else moves, and an MT pair, whose LC is not measured slice by slice, keeps its own."""
+    from nmbids.acquisitions import PROFILES
+
+    for name in ("GREMT", "FSE"):
+        p = PROFILES[name]
+        assert p.for_slices(axial=True) is p
+        q = p.for_slices(axial=False)
+        assert q.space_of("LC") == "template" and q.space_of("SN") == q.space_of("VTA") == "native"
+    assert PROFILES["MTR"].for_slices(axial=False) is PROFILES["MTR"]

@@ -17,8 +17,7 @@ MEASURE_REQUIRED = ["participant_id", "roi", "hemi", "measure", "value"]  # a ta
 
 QC_COLUMNS = ["participant_id", "session_id", "source", "acq_type", "n_repeats", "motion_mean_mm",
               "motion_max_mm", "snr", "neighbour_distance", "slice_tilt_deg", "nm2t1w_similarity",
-              "t1w2template_similarity",
-              "coverage_SN", "coverage_VTA", "coverage_LC", "flags"]
+              "t1w2template_similarity", "coverage_SN", "coverage_VTA", "coverage_LC", "flags"]
 QC_REQUIRED = ["participant_id"]
 QC_NUMERIC = [c for c in QC_COLUMNS if c not in ("participant_id", "session_id", "source", "acq_type", "flags")]
 

@@ -6,7 +6,6 @@ resumes where it stopped.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -276,10 +275,7 @@ class QuantifyNM(SimpleInterface):
         profile = PROFILES[self.inputs.acq_type]
         nm = ants.image_read(self.inputs.nm)
         tilt = slice_tilt_deg(nm)
-        if tilt > AXIAL_TILT_MAX_DEG and profile.space_of("LC") == "native":
-            # The LC is measured slice by slice (its rostral, middle and caudal thirds): slices
-            # that are not axial do not cut its rostro-caudal column across, the template's do.
-            profile = dataclasses.replace(profile, measure_space={**profile.measure_space, "LC": "template"})
+        profile = profile.for_slices(axial=tilt <= AXIAL_TILT_MAX_DEG)
         atlas = ants.image_read(self.inputs.atlas)
         template = ants.image_read(str(get_template(self.inputs.template).t1w))
         table = pd.read_csv(self.inputs.atlas_table, sep="\t")

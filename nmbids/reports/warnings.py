@@ -6,8 +6,9 @@ import math
 from dataclasses import dataclass
 
 from ..acquisitions import PROFILES
-from ..contract.thresholds import (AXIAL_TILT_MAX_DEG, COVERAGE_MIN, CR_MAX, CR_MEASURES, CR_MIN, MOTION_MAX_MM,  # noqa: F401
-                                   NM2T1W_SIMILARITY_MIN, SNR_MIN, T1W2TEMPLATE_SIMILARITY_MIN, THRESHOLDS)
+from ..contract.thresholds import (AXIAL_TILT_MAX_DEG, COVERAGE_MIN, CR_MAX, CR_MEASURES, CR_MIN,  # noqa: F401
+                                   MOTION_MAX_MM, NM2T1W_SIMILARITY_MIN, SNR_MIN, T1W2TEMPLATE_SIMILARITY_MIN,
+                                   THRESHOLDS)
 
 NA = "n/a"
 
