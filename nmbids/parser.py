@@ -141,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("Group level")
     g.add_argument("--group-column", default=None,
                    help="participants.tsv column with the groups (default: 'group' when present)")
-    g.add_argument("--covariates", nargs="+", default=[], metavar="COL", help="e.g. age sex")
+    g.add_argument("--covariates", nargs="+", default=[], metavar="COL",
+                   help="columns of participants.tsv, or of the QC table (per image: snr, motion_max_mm, ...), "
+                        "e.g. age sex snr")
     g.add_argument("--reference-group", default=None, help="the group other groups are compared to")
     g.add_argument("--predictor", default=None, metavar="COL",
                    help="a continuous participants.tsv column to test instead of groups")

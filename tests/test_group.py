@@ -191,7 +191,7 @@ def small(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kwargs, code, words", [
-    ({"group_column": "diagnosis"}, EXIT_DATA, "participants.tsv has no column 'diagnosis' (columns: group, age, sex)"),
+    ({"group_column": "diagnosis"}, EXIT_DATA, "participants.tsv has no column 'diagnosis' (columns: group, age, sex;"),
     ({"covariates": ("age", "iq")}, EXIT_DATA, "no column 'iq'"),
     ({"harmonize": "scanner"}, EXIT_DATA, "no column 'scanner'"),
     ({"reference_group": "XX"}, EXIT_DATA, "reference group 'XX'"),

@@ -8,7 +8,7 @@ import statsmodels.api as sm
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from nmbids.group.collect import collect, cross_sectional, wide_table
+from nmbids.group.collect import collect, cross_sectional, cross_sectional_image_qc, wide_table
 from nmbids.contract.exits import NmbidsError
 from nmbids.group.stats import STATS_COLUMNS, build_design, default_reference, fit_all
 from nmbids.group.synthetic import SimSpec, simulate
@@ -156,3 +156,63 @@ def test_design_errors():
         build_design(cross, True, group_column="dx")
     with pytest.raises(NmbidsError, match="participants.tsv is missing"):
         build_design(cross, False, group_column="group")
+
+
+def _long(rows):
+    cols = ["participant_id", "session_id", "source", "acq_type", "roi", "hemi", "measure", "value"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def test_image_covariate_takes_the_qc_of_the_images_each_outcome_comes_from():
+    """SN from GRE-MT and LC from FSE in one session: each outcome gets its own image's SNR; with two
+    sessions, the session its value came from; two GRE-MT runs averaged: their mean SNR."""
+    gre1, gre2, fse = "sub-1/anat/a_run-1_NM.nii.gz", "sub-1/anat/a_run-2_NM.nii.gz", "sub-1/anat/f_NM.nii.gz"
+    late = "sub-2/ses-2/anat/b_NM.nii.gz"
+    long = _long([
+        ("sub-1", "n/a", gre1, "GREMT", "SN", "L", "cr", 0.20), ("sub-1", "n/a", gre2, "GREMT", "SN", "L", "cr", 0.22),
+        ("sub-1", "n/a", fse, "FSE", "SN", "L", "cr", 0.10), ("sub-1", "n/a", fse, "FSE", "LC", "L", "cr", 0.15),
+        # sub-2: SN only in its second session
+        ("sub-2", "ses-1", "sub-2/ses-1/anat/b_NM.nii.gz", "GREMT", "SN", "L", "cr", np.nan),
+        ("sub-2", "ses-2", late, "GREMT", "SN", "L", "cr", 0.30)])
+    qc = pd.DataFrame({"participant_id": ["sub-1"] * 3 + ["sub-2"] * 2, "session_id": ["n/a"] * 3 + ["ses-1", "ses-2"],
+                       "source": [gre1, gre2, fse, "sub-2/ses-1/anat/b_NM.nii.gz", late],
+                       "snr": [10.0, 14.0, 30.0, 50.0, 18.0]})
+    wide = wide_table(long, qc=qc, image_qc=("snr",))
+    cross = cross_sectional(wide)
+    snr = cross_sectional_image_qc(wide)["snr"].set_index("participant_id")
+    assert cross.set_index("participant_id").loc["sub-1", "SN_L_cr"] == pytest.approx(0.21)  # GRE-MT preferred
+    assert snr.loc["sub-1", "SN_L_cr"] == pytest.approx(12.0)  # mean of the two GRE-MT runs, not the FSE's 30
+    assert snr.loc["sub-1", "LC_L_cr"] == pytest.approx(30.0)  # the FSE image
+    assert snr.loc["sub-2", "SN_L_cr"] == pytest.approx(18.0)  # session 2, where the value is
+    assert np.isnan(snr.loc["sub-2", "LC_L_cr"])
+    # without image covariates the table is the same
+    plain = wide_table(long)
+    pd.testing.assert_frame_equal(plain.table, wide.table)
+
+
+def test_image_covariate_recovers_a_set_snr_slope(tmp_path):
+    """CR made to rise by 0.004 per unit of the QC table's snr: --covariates snr estimates it, and the
+    group estimate is adjusted for it; a participants.tsv column of the same name wins."""
+    simulate(tmp_path / "bids", tmp_path / "out", SimSpec(n_per_group={"HC": 30, "SZ": 30}, effects={"SZ": 1.0},
+                                                         measures=("cr",), rois=("SN",), seed=8))
+    coll = collect(tmp_path / "bids", tmp_path / "out")
+    qc = coll.qc.copy()
+    rng = np.random.default_rng(1)
+    qc["snr"] = rng.uniform(8, 40, len(qc))
+    snr_of = qc.set_index(["participant_id", "source"])["snr"]
+    m = coll.measures.copy()
+    key = list(zip(m["participant_id"].astype(str), m["source"].astype(str)))
+    m["value"] = m["value"] + 0.004 * (snr_of.reindex(key).to_numpy() - 20)
+    wide = wide_table(m, qc=qc, image_qc=("snr",))
+    cross = cross_sectional(wide).merge(coll.participants, on="participant_id", how="left")
+    design = build_design(cross, True, group_column="group", covariates=("snr",),
+                          participants_columns=list(coll.participants.columns))
+    assert design.image == ["snr"]
+    df, _ = fit_all(cross, wide.outcomes, design, image_values=cross_sectional_image_qc(wide))
+    est = row(df, "snr")
+    assert est["estimate"] == pytest.approx(0.004, abs=3 * est["se"]) and est["p"] < 1e-4
+    unadjusted, _ = fit_all(cross, wide.outcomes, build_design(cross, True, group_column="group"))
+    assert row(df, "group[SZ vs HC]")["se"] < row(unadjusted, "group[SZ vs HC]")["se"]  # the SNR variance is taken out
+    # a participants.tsv column named snr is the user's
+    assert build_design(cross.assign(snr="1"), True, covariates=("snr",),
+                        participants_columns=["participant_id", "snr"]).image == []

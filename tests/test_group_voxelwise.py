@@ -207,3 +207,25 @@ def test_cluster_level_maps_and_sidecars(blob_run):
     report = (g / "group_report.html").read_text()
     assert "voxelwise_SZvsHC_clusterlevel.tsv" in report
     assert "voxelwise_SZvsHC_logp_clustersize_fwe.nii.gz" in report
+
+
+def test_qc_covariate_in_both_analyses(tmp_path):
+    """--covariates snr: a QC column, per image; a participant whose image has no SNR is left out of
+    the ROI models and of the voxelwise test, with the reason, not the run."""
+    spec = SimSpec(n_per_group={"HC": 6, "SZ": 6}, crmaps=True, blob_effect=0.12, measures=("cr",), rois=("SN",),
+                   seed=6)
+    simulate(tmp_path / "bids", tmp_path / "out", spec)
+    qc_file = tmp_path / "out" / "sub-002" / "anat" / "sub-002_desc-nm_qc.tsv"
+    qc = pd.read_csv(qc_file, sep="\t", dtype=str, keep_default_na=False)
+    qc["snr"] = "n/a"
+    qc.to_csv(qc_file, sep="\t", index=False)
+    assert run_group(tmp_path / "bids", tmp_path / "out", group_column="group", covariates=("snr",),
+                     n_permutations=20) == 0
+    g = tmp_path / "out" / "group"
+    stats = pd.read_csv(g / "group_stats.tsv", sep="\t")
+    sn = stats[(stats["roi"] == "SN") & (stats["hemi"] == "L") & (stats["measure"] == "cr")]
+    assert set(sn["term"]) == {"group[SZ vs HC]", "snr"} and (sn["n"] == 11).all()
+    assert "snr" in _json(g / "group_stats.json")["Model"]["ImageCovariates"]
+    st = pd.read_csv(g / "group_participants.tsv", sep="\t", keep_default_na=False).set_index("participant_id")
+    assert st.loc["sub-002", "in_voxelwise"] == "no" and "no QC value of snr" in st.loc["sub-002", "reason"]
+    assert (st.drop(index="sub-002")["in_voxelwise"] == "yes").all()

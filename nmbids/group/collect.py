@@ -509,9 +509,13 @@ class Wide:
     table: pd.DataFrame  # participant_id, session_id, acq_type, outcome columns
     outcomes: list[tuple[str, str, str, str]]  # (column, roi, hemi, measure)
     acq_types: dict[str, list[str]]  # outcome column -> acquisition types used across participants
+    # QC column -> a table shaped like ``table``: each value is that QC column averaged over the
+    # NM images (sources) whose values the same cell of ``table`` averages
+    image_qc: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
-def wide_table(measures: pd.DataFrame, logger: logging.Logger | None = None) -> Wide:
+def wide_table(measures: pd.DataFrame, logger: logging.Logger | None = None, qc: pd.DataFrame | None = None,
+               image_qc: tuple[str, ...] = ()) -> Wide:
     """Pivot the long measures to one row per participant x session.
 
     When several sources give a value for the same participant, session, roi,
@@ -519,12 +523,22 @@ def wide_table(measures: pd.DataFrame, logger: logging.Logger | None = None) -> 
     averaged (runs). The preferred type of an roi x hemi x measure is the one
     measured in the most participants (ties: GREMT, FSE, MTR, then
     alphabetical); a participant lacking it contributes its next-ranked type.
+
+    ``image_qc``: numeric QC columns (of ``qc``, one row per source) carried along: each
+    cell gets the mean QC value of the sources its value was averaged over (``Wide.image_qc``),
+    so that a QC covariate describes the very images an outcome comes from.
     """
     log = logger or logging.getLogger("nmbids")
     keys = ["participant_id", "session_id"]
     cell = ["roi", "hemi", "measure"]
     allrows = measures[keys].astype(str).drop_duplicates()
-    m = measures.loc[np.isfinite(measures["value"].to_numpy()), keys + ["acq_type"] + cell + ["value"]]
+    image_qc = tuple(image_qc)
+    m = measures.loc[np.isfinite(measures["value"].to_numpy()),
+                     keys + (["source"] if image_qc else []) + ["acq_type"] + cell + ["value"]]
+    if image_qc:
+        join = ["participant_id", "session_id", "source"]
+        per_source = qc[join + list(image_qc)].astype({c: str for c in join}).drop_duplicates(join)
+        m = m.assign(**{c: m[c].astype(str) for c in join}).merge(per_source, on=join, how="left")
     if not len(m):
         return Wide(allrows.assign(acq_type=NA).reset_index(drop=True), [], {})
     # rank the acquisition types of each cell by the number of participants they cover
@@ -543,7 +557,8 @@ def wide_table(measures: pd.DataFrame, logger: logging.Logger | None = None) -> 
     best = m.groupby(keys + cell, sort=False, observed=True)["rank"].transform("min")
     m = m[m["rank"].to_numpy() == best.to_numpy()]
 
-    values = m.groupby(keys + cell, sort=False, observed=True)["value"].mean().unstack(cell)
+    means = m.groupby(keys + cell, sort=False, observed=True)[["value", *image_qc]].mean()
+    values = means["value"].unstack(cell)
     values = values.loc[:, values.notna().any()]
     names = ["_".join(map(str, c)) for c in values.columns]
     cells = pd.DataFrame([tuple(map(str, c)) for c in values.columns], columns=cell)
@@ -572,7 +587,17 @@ def wide_table(measures: pd.DataFrame, logger: logging.Logger | None = None) -> 
     table = allrows.merge(table, on=keys, how="left")
     table["acq_type"] = table["acq_type"].fillna(NA)
     table = table[keys + ["acq_type"] + [c for c, *_ in outcomes]]
-    return Wide(table.iloc[_order(table)].reset_index(drop=True), outcomes, acq_types)
+    order = _order(table)
+    table = table.iloc[order].reset_index(drop=True)
+    carried = {}
+    for name in image_qc:
+        per_cell = means[name].unstack(cell)
+        per_cell.columns = ["_".join(map(str, c)) for c in per_cell.columns]
+        per_cell = per_cell.reindex(columns=names).reset_index()
+        per_cell[keys] = per_cell[keys].astype(str)
+        per_cell = table[keys].merge(per_cell, on=keys, how="left")
+        carried[name] = per_cell[keys + [c for c, *_ in outcomes]]
+    return Wide(table, outcomes, acq_types, carried)
 
 
 def cross_sectional(wide: Wide) -> pd.DataFrame:
@@ -584,3 +609,20 @@ def cross_sectional(wide: Wide) -> pd.DataFrame:
     sessions = t.groupby("participant_id", sort=True)["session_id"].agg(lambda s: ";".join(s))
     first.insert(0, "sessions", sessions)
     return first.reset_index()
+
+
+def cross_sectional_image_qc(wide: Wide) -> dict[str, pd.DataFrame]:
+    """``Wide.image_qc`` the way :func:`cross_sectional` takes the outcomes: one row per
+    participant, each outcome's QC value from the session its value came from."""
+    t = wide.table
+    out = {}
+    pids = sorted(t["participant_id"].unique())
+    for name, per_cell in wide.image_qc.items():
+        columns = {"participant_id": pids}
+        for c, *_ in wide.outcomes:
+            # the table is in session order: a participant's first row with a value is its earliest
+            first = t.loc[t[c].notna().to_numpy(), "participant_id"].drop_duplicates()
+            columns[c] = pd.Series(per_cell.loc[first.index, c].to_numpy(),
+                                   index=first.to_numpy()).reindex(pids).to_numpy()
+        out[name] = pd.DataFrame(columns)
+    return out

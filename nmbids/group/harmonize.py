@@ -4,7 +4,9 @@ ComBat (Johnson et al. 2007; Fortin et al. 2017, 2018) removes additive and
 multiplicative batch (site/scanner) effects from each feature while
 protecting the variables of interest: here the group (or continuous
 predictor) and the covariates of the model, so that harmonisation does not
-remove the effect to be tested.
+remove the effect to be tested. QC covariates (``--covariates snr``) are not
+protected: they describe the images, and what site does to them is what ComBat
+removes; they still enter the models fitted on the harmonised values.
 
 Details:
 
@@ -90,6 +92,8 @@ def combat(table: pd.DataFrame, columns: list[str], design: Design, batch_column
         cont.append("predictor")
         protected.append(design.predictor)
     for i, cov in enumerate(design.covariates):
+        if cov in design.image:
+            continue  # a QC column (snr, motion): a property of the images, which ComBat may adjust
         if cov in design.categorical:
             covars[f"cov{i}"] = frame[f"_cat_{i}"].astype(str).to_numpy()
             cat.append(f"cov{i}")

@@ -10,9 +10,10 @@ import pandas as pd
 from ..contract import names
 from . import outputs
 from .collect import (MEASURE_COLUMNS, NA, QC_COLUMNS, Collection, collect, cross_sectional,
-                      long_table, participant_columns, read_exclusions, wide_table)
+                      cross_sectional_image_qc, long_table, participant_columns, read_exclusions, wide_table)
 from ..contract.exits import EXIT_FAILURE, EXIT_IOERR, EXIT_NO_INPUT, EXIT_OK, EXIT_USAGE, NmbidsError
-from .stats import NOT_OUTCOMES, OUTLIER_Z, build_design, find_outliers, fit_all, within_subject_change
+from .stats import (NOT_OUTCOMES, OUTLIER_Z, build_design, find_outliers, fit_all, image_covariates,
+                    within_subject_change)
 
 DEFAULT_GROUP_COLUMN = "group"
 DEFAULT_PERMUTATION_SEED = 0  # when --random-seed is not given
@@ -87,7 +88,9 @@ def _run(bids_dir, output_dir, participant_label, session_label, group_column, c
     # ---- tables and design (all checks before anything is written) ---------------------------------
     long = long_table(coll)
     measures_ok = coll.measures[coll.measures["participant_id"].isin(included)]
-    wide = wide_table(measures_ok, log)
+    parts = participant_columns(coll, [])
+    image = image_covariates(covariates, [] if parts is None else list(parts.columns))
+    wide = wide_table(measures_ok, log, qc=coll.qc, image_qc=tuple(image))
     parts = participant_columns(coll, list(wide.table.columns) + ["sessions"])
     cross = cross_sectional(wide)
     if parts is not None:
@@ -145,12 +148,14 @@ def _run(bids_dir, output_dir, participant_label, session_label, group_column, c
                                               "group_stats.tsv is fitted on).", "Harmonization": harmonization})
 
     # ---- statistics ----------------------------------------------------------------------------
-    stats_df, skipped = fit_all(analysis, wide.outcomes, design, log)
+    stats_df, skipped = fit_all(analysis, wide.outcomes, design, log, image_values=cross_sectional_image_qc(wide))
     model_meta = {
         "Formula": design.describe(),
         "GroupColumn": design.group_column, "Levels": design.levels, "ReferenceGroup": design.reference,
         "Predictor": design.predictor, "Covariates": design.covariates,
         "CategoricalCovariates": design.categorical,
+        "ImageCovariates": {c: "column of the QC table: in each model, the mean over the NM images that outcome's "
+                               "values come from" for c in design.image},
         "StandardErrors": "HC3 (heteroskedasticity-consistent), t-based inference" if robust else "classical OLS",
         "EffectSize": "Hedges' g (covariate-adjusted mean difference / unadjusted pooled SD x J) for group "
                       "contrasts; standardized beta b*sd(x)/sd(y) for other terms",
@@ -176,7 +181,7 @@ def _run(bids_dir, output_dir, participant_label, session_label, group_column, c
 
         vox = run_voxelwise(output_dir, group_dir, design, measures_ok,
                             {p: coll.sessions[p] for p in included}, n_permutations=n_permutations, seed=seed,
-                            batch_column=harmonize, logger=log)
+                            batch_column=harmonize, logger=log, qc=coll.qc)
 
     # ---- participants and outliers -----------------------------------------------------------------
     status = participants_status(coll, design, vox)

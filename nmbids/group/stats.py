@@ -7,7 +7,12 @@ cross-sectional wide table::
     y ~ predictor + covariates                     (continuous predictor instead)
 
 * Covariates: numeric columns of participants.tsv enter linearly; any other
-  column is categorical, dummy coded against its first level (sorted).
+  column is categorical, dummy coded against its first level (sorted). A name that
+  is not a column of participants.tsv but a numeric column of the QC table (``snr``,
+  ``motion_max_mm``, ...) is an *image* covariate: it enters linearly with, in each
+  model, the QC value of the NM images that outcome's values come from (the mean
+  over the runs averaged), so that an SN CR from GRE-MT is adjusted by the GRE-MT
+  image's SNR and an LC CR from FSE by the FSE image's.
 * ``robust=True``: HC3 heteroskedasticity-consistent standard errors
   (MacKinnon and White 1985), with t-based p-values and intervals.
 * ``effect_size``: Hedges' g for group contrasts (covariate-adjusted mean
@@ -32,6 +37,7 @@ import pandas as pd
 
 from ..measures import hedges_g
 from ..contract.exits import EXIT_DATA, EXIT_NO_INPUT, EXIT_USAGE, NmbidsError
+from ..contract.tables import QC_NUMERIC
 
 STATS_COLUMNS = ["roi", "hemi", "measure", "term", "estimate", "se", "ci_low", "ci_high", "p", "p_fdr",
                  "effect_size", "n"]
@@ -52,7 +58,7 @@ ALPHA = 0.05
 class Term:
     column: str  # safe column name in the design frame
     label: str  # the ``term`` written to group_stats.tsv
-    kind: str  # "group", "predictor", "continuous", "categorical"
+    kind: str  # "group", "predictor", "continuous", "categorical", "image" (a QC column, per outcome)
     level: str | None = None  # for group / categorical dummies
 
 
@@ -66,6 +72,7 @@ class Design:
     predictor: str | None = None
     covariates: list[str] = field(default_factory=list)
     categorical: dict[str, list[str]] = field(default_factory=dict)  # covariate -> levels (first = baseline)
+    image: list[str] = field(default_factory=list)  # covariates taken from the QC table, per outcome
     terms: list[Term] = field(default_factory=list)
     frame: pd.DataFrame | None = None  # participant_id + safe columns; complete rows only
     excluded: dict[str, str] = field(default_factory=dict)  # participant -> why not in the models
@@ -99,6 +106,12 @@ def default_reference(levels: list[str]) -> str:
     return levels[0]
 
 
+def image_covariates(covariates, participants_columns: list[str]) -> list[str]:
+    """The covariates taken from the QC table: numeric QC columns that participants.tsv lacks
+    (a participants.tsv column of the same name is the user's and wins)."""
+    return [c for c in (covariates or ()) if c in QC_NUMERIC and c not in participants_columns]
+
+
 def build_design(table: pd.DataFrame, participants_present: bool, group_column=None, covariates=(),
                  reference_group=None, predictor=None, extra_categorical=(), robust=False,
                  participants_columns: list[str] | None = None) -> Design:
@@ -107,8 +120,9 @@ def build_design(table: pd.DataFrame, participants_present: bool, group_column=N
     ``table``: one row per participant with participants.tsv columns as strings.
     ``extra_categorical``: columns that must be complete (e.g. the harmonisation
     batch) without entering the model. ``participants_columns``: the columns of
-    participants.tsv (default: every column of ``table``); named columns must be among them.
-    Raises :class:`NmbidsError` for unusable options or columns.
+    participants.tsv (default: every column of ``table``); named columns must be among them,
+    except image covariates (:func:`image_covariates`), whose values :func:`fit_all` takes per
+    outcome. Raises :class:`NmbidsError` for unusable options or columns.
     """
     covariates = [c for c in (covariates or ()) if c]
     if group_column and predictor:
@@ -117,16 +131,20 @@ def build_design(table: pd.DataFrame, participants_present: bool, group_column=N
     if len(set(named)) != len(named):
         raise NmbidsError(f"a column is named twice among group/predictor/covariates: {', '.join(named)}",
                          EXIT_USAGE)
+    available = [c for c in (participants_columns if participants_columns is not None else table.columns)
+                 if c not in ("participant_id", "sessions")]
+    image = image_covariates(covariates, available)
+    named = [c for c in named if c not in image]
     if named and not participants_present:
         raise NmbidsError(f"participants.tsv is missing from BIDS_DIR but column(s) {', '.join(named)} were named",
                          EXIT_NO_INPUT)
-    available = [c for c in (participants_columns if participants_columns is not None else table.columns)
-                 if c not in ("participant_id", "sessions")]
     lacking = [c for c in named if c not in available or c not in table.columns]
     if lacking:
         raise NmbidsError(f"participants.tsv has no column {', '.join(repr(c) for c in lacking)}"
-                         f" (columns: {', '.join(available) or 'none'})", EXIT_DATA)
-    design = Design(group_column=group_column, predictor=predictor, covariates=list(covariates), robust=robust)
+                         f" (columns: {', '.join(available) or 'none'}; QC columns usable as covariates: "
+                         f"{', '.join(QC_NUMERIC)})", EXIT_DATA)
+    design = Design(group_column=group_column, predictor=predictor, covariates=list(covariates), image=image,
+                    robust=robust)
     frame = pd.DataFrame({"participant_id": table["participant_id"].to_numpy()})
     missing = pd.Series(False, index=table.index)
     reasons: dict[str, list[str]] = {}
@@ -170,6 +188,9 @@ def build_design(table: pd.DataFrame, participants_present: bool, group_column=N
     from .collect import numeric_or_none
 
     for i, cov in enumerate(covariates):
+        if cov in image:
+            design.terms.append(Term(f"c_{i}", cov, "image"))
+            continue
         num = numeric_or_none(table[cov])
         if num is not None:
             frame[f"c_{i}"] = num.to_numpy()
@@ -205,7 +226,8 @@ def fit_outcome(data: pd.DataFrame, y_col: str, design: Design) -> tuple[list[di
 
     cols = [t.column for t in design.terms]
     d = data[[y_col] + cols + (["_group"] if design.group_column else [])]
-    d = d[np.isfinite(d[y_col].to_numpy(dtype=float))].rename(columns={y_col: "y"})
+    complete = np.isfinite(d[[y_col] + [t.column for t in design.terms if t.kind == "image"]].to_numpy(dtype=float))
+    d = d[complete.all(axis=1)].rename(columns={y_col: "y"})
     if design.group_column:
         counts = d["_group"].value_counts()
         small = [lev for lev in design.levels if counts.get(lev, 0) < MIN_PER_LEVEL]
@@ -250,19 +272,30 @@ def fit_outcome(data: pd.DataFrame, y_col: str, design: Design) -> tuple[list[di
 
 
 def fit_all(table: pd.DataFrame, outcomes: list[tuple[str, str, str, str]], design: Design,
-            logger: logging.Logger | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Fit every outcome; return (group_stats table, {outcome column: why skipped})."""
+            logger: logging.Logger | None = None,
+            image_values: dict[str, pd.DataFrame] | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Fit every outcome; return (group_stats table, {outcome column: why skipped}).
+
+    ``image_values``: for each image covariate, one row per participant and one column per
+    outcome (``collect.cross_sectional_image_qc``); each model takes its own outcome's column.
+    """
     from statsmodels.stats.multitest import multipletests
 
     log = logger or logging.getLogger("nmbids")
     keep = ["participant_id"] + [c for c, *_ in outcomes if c in table.columns]
     data = design.frame.merge(table[keep], on="participant_id", how="left")
+    image_terms = [t for t in design.terms if t.kind == "image"]
+    image_values = {name: v.set_index("participant_id") for name, v in (image_values or {}).items()}
     rows: list[dict] = []
     skipped: dict[str, str] = {}
     if design.has_test:
         for col, roi, hemi, measure in outcomes:
             if measure in NOT_OUTCOMES or col not in data.columns:
                 continue
+            for t in image_terms:
+                per = image_values[t.label]
+                data[t.column] = (per[col].reindex(data["participant_id"]).to_numpy(dtype=float)
+                                  if col in per.columns else np.nan)
             out, why = fit_outcome(data, col, design)
             if why:
                 skipped[col] = why

@@ -202,13 +202,14 @@ def _label(text: str) -> str:
 def run_voxelwise(output_dir: Path, group_dir: Path, design: Design, measures: pd.DataFrame,
                   sessions: dict[str, list[str]], n_permutations: int = 1000, seed: int = 0,
                   batch_column: str | None = None, logger: logging.Logger | None = None,
-                  cluster_forming_p: float = CLUSTER_FORMING_P) -> VoxelResult:
+                  cluster_forming_p: float = CLUSTER_FORMING_P, qc: pd.DataFrame | None = None) -> VoxelResult:
     """The voxelwise test of the maps of ``design``'s participants.
 
     ``measures``: the measures rows the group level uses (after ``--exclude``); a map
     enters only if its source (from its sidecar) has rows there for its participant and
     session. ``cluster_forming_p``: two-sided voxel p that forms the clusters of the
-    cluster-level test.
+    cluster-level test. ``qc``: the QC rows (one per source), for image covariates
+    (``design.image``): a participant's value is the mean over the sources of its maps.
     """
     log = logger or logging.getLogger("nmbids")
     res = VoxelResult()
@@ -280,15 +281,31 @@ def run_voxelwise(output_dir: Path, group_dir: Path, design: Design, measures: p
                 chosen.setdefault(m["participant_id"], []).append(m)
         prefix = f"{_label(acq)}_" if len(acq_types) > 1 else ""
         _run_one(res, acq if len(acq_types) > 1 else None, prefix, chosen, box, mask_box, labels, affine, names,
-                 design, group_dir, n_permutations, seed, batch_column, space, float(cluster_forming_p), log)
+                 design, group_dir, n_permutations, seed, batch_column, space, float(cluster_forming_p), log,
+                 _image_values(chosen, design, qc))
     if not res.contrasts and not res.skipped:
         res.skipped = "no contrast had enough participants with maps"
     return res
 
 
+def _image_values(chosen: dict[str, list[dict]], design: Design, qc: pd.DataFrame | None) -> dict[str, dict]:
+    """Image covariate -> participant -> mean QC value over the sources of its chosen maps."""
+    if not design.image:
+        return {}
+    keys = ["participant_id", "session_id", "source"]
+    per_source = qc.astype({c: str for c in keys}).drop_duplicates(keys).set_index(keys)
+    out: dict[str, dict] = {}
+    for name in design.image:
+        out[name] = {}
+        for pid, maps in chosen.items():
+            vals = per_source[name].reindex([(pid, m["session_id"], m["source"]) for m in maps]).to_numpy(float)
+            out[name][pid] = float(np.nanmean(vals)) if np.isfinite(vals).any() else np.nan
+    return out
+
+
 def _run_one(res: VoxelResult, acq: str | None, prefix: str, chosen: dict[str, list[dict]], box, mask_box, labels,
              affine, names, design: Design, group_dir: Path, n_perm: int, seed: int, batch_column, space,
-             cluster_p: float, log) -> None:
+             cluster_p: float, log, image_values: dict[str, dict]) -> None:
     what = f"{acq} maps: " if acq else ""
 
     def skip(msg: str, who) -> None:
@@ -301,6 +318,10 @@ def _run_one(res: VoxelResult, acq: str | None, prefix: str, chosen: dict[str, l
     shape = labels.shape
     data, pids = [], []
     for pid in sorted(chosen):
+        lacking = [name for name, v in image_values.items() if not np.isfinite(v[pid])]
+        if lacking:
+            res.leave_out(pid, f"{what}no QC value of {', '.join(lacking)} for its maps' images")
+            continue
         arrays = []
         for m in chosen[pid]:
             a = _read_box(m["path"], box, shape, affine)
@@ -361,6 +382,8 @@ def _run_one(res: VoxelResult, acq: str | None, prefix: str, chosen: dict[str, l
     for t in design.terms:
         if t.kind in ("continuous", "categorical"):
             dm[t.column] = frame[t.column].to_numpy(dtype=float)
+        elif t.kind == "image":
+            dm[t.column] = np.array([image_values[t.label][p] for p in pids], dtype=float)
     if batch_column:
         site = frame[f"_extra_{batch_column}"].astype(str)
         dummies = pd.get_dummies(site, drop_first=True, prefix="site").astype(float)
