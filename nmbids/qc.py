@@ -12,6 +12,7 @@ import numpy as np
 
 from .bids import NO_T1W_REASON, SessionPlan
 from .contract.exits import EXIT_DATA, EXIT_NO_INPUT, EXIT_OK, NmbidsError
+from .contract.names import QC_TAIL
 from .contract.thresholds import (AXIAL_TILT_MAX_DEG, COVERAGE_MIN, MOTION_MAX_MM, NM2T1W_SIMILARITY_MIN,
                                   SNR_MIN, T1W2TEMPLATE_SIMILARITY_MIN)
 from .images import check_image
@@ -115,6 +116,27 @@ def qc_row(*, participant: str, session_id: str, source: str, acq_type: str, mot
         "nm2t1w_similarity": similarity, "t1w2template_similarity": template_similarity,
         "coverage_SN": cov.get("SN_bilateral"), "coverage_VTA": cov.get("VTA_bilateral"),
         "coverage_LC": cov.get("LC_bilateral"), "flags": ";".join(flags) if flags else None}
+
+
+def flag_counts(output_dir: Path, participant: str) -> dict[str, int]:
+    """NM images per QC flag in the participant's QC tables as written (every session), in the
+    order the flags are first met: what the console's done line reports."""
+    counts: dict[str, int] = {}
+    root = Path(output_dir) / f"sub-{participant}"
+    for table in sorted(root.glob(f"**/anat/*{QC_TAIL}")):
+        try:
+            lines = table.read_text().splitlines()
+        except OSError:
+            continue
+        header = lines[0].split("\t") if lines else []
+        if "flags" not in header:
+            continue
+        col = header.index("flags")
+        for line in lines[1:]:
+            cells = line.split("\t")
+            for flag in (cells[col].split(";") if col < len(cells) and cells[col] not in ("", "n/a") else []):
+                counts[flag] = counts.get(flag, 0) + 1
+    return counts
 
 
 def slab_refusal(coverage: dict, profile) -> str | None:

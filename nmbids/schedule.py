@@ -23,6 +23,7 @@ from pathlib import Path
 from .contract import names
 from .contract.exits import EXIT_FAILURE, EXIT_IOERR, EXIT_OK
 from .progress import Progress
+from .qc import flag_counts
 
 LOG = logging.getLogger("nmbids")
 
@@ -92,6 +93,7 @@ class Result:
     errors: int
     report: str | None
     outcome: object = None  # participant.Outcome (counts of the final line); None if it crashed
+    qc_flags: dict | None = None  # QC flag -> NM images flagged (qc.flag_counts)
 
 
 class _Counter(logging.Handler):
@@ -139,15 +141,19 @@ def run_one(participant: str, plans: list, kwargs: dict) -> Result:
         LOG.removeHandler(counter)
     report = names.report(kwargs["output_dir"], participant)
     return Result(participant, code, sum(len(p.nm) for p in plans), counter.warnings, counter.errors,
-                  report.name if report.exists() else None, outcome)
+                  report.name if report.exists() else None, outcome, flag_counts(kwargs["output_dir"], participant))
 
 
 def done_text(res: Result) -> str:
-    """``2 NM images, 0 warnings, report sub-07.html``."""
+    """``2 NM images, 0 warnings, QC flags low_snr (1), report sub-07.html``: the QC flags (with
+    the number of NM images raising each) are there so that a flagged participant stands out
+    on the console, not only in its report."""
     parts = [f"{res.n_nm} NM image{'s' * (res.n_nm != 1)}"]
     if res.errors:
         parts.append(f"{res.errors} error{'s' * (res.errors != 1)}")
     parts.append(f"{res.warnings} warning{'s' * (res.warnings != 1)}")
+    if res.qc_flags:
+        parts.append("QC flags " + ", ".join(f"{flag} ({n})" for flag, n in res.qc_flags.items()))
     parts.append(f"report {res.report}" if res.report else "no report")
     return ", ".join(parts)
 

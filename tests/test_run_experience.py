@@ -97,6 +97,25 @@ def test_progress_lines(caplog, monkeypatch):
     assert duration(200) == "3 min 20 s" and duration(7500) == "2 h 05 min"
 
 
+def test_done_line_names_the_qc_flags(tmp_path):
+    """A participant whose images the QC flags stands out on the console: the done line counts the
+    NM images per flag, from the QC tables as written (every session)."""
+    from nmbids.qc import flag_counts
+    from nmbids.schedule import Result, done_text
+
+    for ses, flags in (("ses-1", ["low_snr;high_motion", "n/a"]), ("ses-2", ["low_snr"])):
+        anat = tmp_path / "sub-07" / ses / "anat"
+        anat.mkdir(parents=True)
+        rows = "".join(f"sub-07\t{ses}\tx{i}.nii.gz\t{f}\n" for i, f in enumerate(flags))
+        (anat / f"sub-07_{ses}_desc-nm_qc.tsv").write_text("participant_id\tsession_id\tsource\tflags\n" + rows)
+    counts = flag_counts(tmp_path, "07")
+    assert counts == {"low_snr": 2, "high_motion": 1}
+    assert flag_counts(tmp_path, "08") == {}
+    text = done_text(Result("07", EXIT_OK, 3, 0, 0, "sub-07.html", None, counts))
+    assert text == "3 NM images, 0 warnings, QC flags low_snr (2), high_motion (1), report sub-07.html"
+    assert done_text(Result("08", EXIT_OK, 1, 0, 0, "sub-08.html")) == "1 NM image, 0 warnings, report sub-08.html"
+
+
 # ---- the pipeline on a small phantom --------------------------------------------------------------
 
 def _env(*first: Path) -> dict:
