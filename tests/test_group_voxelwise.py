@@ -226,6 +226,9 @@ def test_qc_covariate_in_both_analyses(tmp_path):
     sn = stats[(stats["roi"] == "SN") & (stats["hemi"] == "L") & (stats["measure"] == "cr")]
     assert set(sn["term"]) == {"group[SZ vs HC]", "snr"} and (sn["n"] == 11).all()
     assert "snr" in _json(g / "group_stats.json")["Model"]["ImageCovariates"]
+    report = (g / "group_report.html").read_text()
+    assert "<dt>QC covariates</dt><dd><code>snr</code>:" in report
+    assert "snr is a column\nof the participant-level QC table" in report  # the methods paragraph
     st = pd.read_csv(g / "group_participants.tsv", sep="\t", keep_default_na=False).set_index("participant_id")
     assert st.loc["sub-002", "in_voxelwise"] == "no" and "no QC value of snr" in st.loc["sub-002", "reason"]
     assert (st.drop(index="sub-002")["in_voxelwise"] == "yes").all()
