@@ -502,6 +502,15 @@ def _order(df: pd.DataFrame) -> np.ndarray:
     return key.sort_values(["p", "s", "i"], kind="stable")["i"].to_numpy()
 
 
+SOURCE_KEYS = ["participant_id", "session_id", "source"]  # one NM image: a row of the QC table
+
+
+def qc_by_source(qc: pd.DataFrame, columns) -> pd.DataFrame:
+    """The QC ``columns`` indexed by ``SOURCE_KEYS`` (as strings), one row per NM image."""
+    return qc[SOURCE_KEYS + list(columns)].astype({c: str for c in SOURCE_KEYS}).drop_duplicates(
+        SOURCE_KEYS).set_index(SOURCE_KEYS)
+
+
 @dataclass
 class Wide:
     """One row per participant and session, one column per roi x hemi x measure."""
@@ -536,9 +545,8 @@ def wide_table(measures: pd.DataFrame, logger: logging.Logger | None = None, qc:
     m = measures.loc[np.isfinite(measures["value"].to_numpy()),
                      keys + (["source"] if image_qc else []) + ["acq_type"] + cell + ["value"]]
     if image_qc:
-        join = ["participant_id", "session_id", "source"]
-        per_source = qc[join + list(image_qc)].astype({c: str for c in join}).drop_duplicates(join)
-        m = m.assign(**{c: m[c].astype(str) for c in join}).merge(per_source, on=join, how="left")
+        m = m.assign(**{c: m[c].astype(str) for c in SOURCE_KEYS}).merge(
+            qc_by_source(qc, image_qc).reset_index(), on=SOURCE_KEYS, how="left")
     if not len(m):
         return Wide(allrows.assign(acq_type=NA).reset_index(drop=True), [], {})
     # rank the acquisition types of each cell by the number of participants they cover

@@ -58,7 +58,7 @@ import pandas as pd
 from ..contract import names as contract
 from ..images import derivative_image
 from . import outputs
-from .collect import NA, natural_key
+from .collect import NA, natural_key, qc_by_source
 from .stats import Design
 
 MIN_PER_GROUP = 3
@@ -292,8 +292,7 @@ def _image_values(chosen: dict[str, list[dict]], design: Design, qc: pd.DataFram
     """Image covariate -> participant -> mean QC value over the sources of its chosen maps."""
     if not design.image:
         return {}
-    keys = ["participant_id", "session_id", "source"]
-    per_source = qc.astype({c: str for c in keys}).drop_duplicates(keys).set_index(keys)
+    per_source = qc_by_source(qc, design.image)
     out: dict[str, dict] = {}
     for name in design.image:
         out[name] = {}
