@@ -121,21 +121,16 @@ def qc_row(*, participant: str, session_id: str, source: str, acq_type: str, mot
 def flag_counts(output_dir: Path, participant: str) -> dict[str, int]:
     """NM images per QC flag in the participant's QC tables as written (every session), in the
     order the flags are first met: what the console's done line reports."""
+    import pandas as pd
+
     counts: dict[str, int] = {}
-    root = Path(output_dir) / f"sub-{participant}"
-    for table in sorted(root.glob(f"**/anat/*{QC_TAIL}")):
+    for table in sorted((Path(output_dir) / f"sub-{participant}").glob(f"**/anat/*{QC_TAIL}")):
         try:
-            lines = table.read_text().splitlines()
-        except OSError:
+            flags = pd.read_csv(table, sep="\t", usecols=["flags"], dtype=str, na_values=["n/a"])["flags"]
+        except (OSError, ValueError, pd.errors.ParserError):  # unreadable, or no flags column
             continue
-        header = lines[0].split("\t") if lines else []
-        if "flags" not in header:
-            continue
-        col = header.index("flags")
-        for line in lines[1:]:
-            cells = line.split("\t")
-            for flag in (cells[col].split(";") if col < len(cells) and cells[col] not in ("", "n/a") else []):
-                counts[flag] = counts.get(flag, 0) + 1
+        for flag in flags.dropna().str.split(";").explode():
+            counts[flag] = counts.get(flag, 0) + 1
     return counts
 
 
