@@ -42,7 +42,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from validate import AAL3  # noqa: E402
+from validate import AAL3, aal3_missing  # noqa: E402
 from validation.measure import load_measures, truth_acqs  # noqa: E402
 
 ARMS = {"tilt15": ["--max-tilt", "15", "--nm-inplane", "0.8"],
@@ -85,8 +85,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "validation-work" / "geometry")
     ap.add_argument("--nprocs", type=int, default=2)
     args = ap.parse_args(argv)
-    if not AAL3.exists():
-        print(f"AAL3 not found at {AAL3}: the study needs nuclei nmbids was not built from")
+    if aal3_missing("the geometry study"):
         return 0
     frames = []
     for arm in args.arms.split(","):

@@ -50,7 +50,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from validate import AAL3  # noqa: E402
+from validate import AAL3, aal3_missing  # noqa: E402
 from validation.measure import load_measures, pairs, truth_acqs  # noqa: E402
 
 COHORT = ["--n", "16", "--acq", "gremt,fse", "--repeats", "1", "--t1w-res", "1.5", "--groups", "control"]
@@ -160,8 +160,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "validation-work" / "site_snr")
     ap.add_argument("--nprocs", type=int, default=2)
     args = ap.parse_args(argv)
-    if not AAL3.exists():
-        print(f"AAL3 not found at {AAL3}: the study needs nuclei nmbids was not built from")
+    if aal3_missing("the site-SNR study"):
         return 0
     root = args.out.resolve()
     simulate(root)

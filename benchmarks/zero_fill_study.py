@@ -79,7 +79,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from validate import AAL3, log  # noqa: E402
+from validate import AAL3, aal3_missing, log  # noqa: E402
 from validation import stats as st  # noqa: E402
 from validation.measure import load_measures, pairs, read_table  # noqa: E402
 
@@ -177,8 +177,7 @@ def main(argv=None) -> int:
     ap.add_argument("--axis", choices=sorted(AXES), default="inplane",
                     help="zero-fill the noise in plane (default) or through the slices")
     args = ap.parse_args(argv)
-    if not AAL3.exists():
-        log(f"AAL3 not found at {AAL3}: nothing to do")
+    if aal3_missing("the zero-fill study"):
         return 0
     kwargs = cohort(str(AAL3), args.n, nm_slice=args.nm_slice, acq=args.acq.split(","), nm_inplane=args.nm_inplane,
                     repeats=args.repeats)
