@@ -57,6 +57,17 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def default_nuclei() -> str:
+    """The phantoms' nuclei when none is given: AAL3 (nuclei nmbids was not built from) when
+    present, else the phantom's builtin ones."""
+    return str(AAL3) if AAL3.exists() else "builtin"
+
+
+def is_aal3(nuclei: str) -> bool:
+    """Whether a cohort's nuclei are AAL3's (said in the validation pages)."""
+    return nuclei != "builtin" and "AAL3" in nuclei
+
+
 def aal3_missing(study: str) -> bool:
     """True, after saying so, when the AAL3 atlas is absent. The studies that need nuclei nmbids
     was not built from then exit 0, as on a checkout without ``../shared``."""
@@ -165,7 +176,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     plan = QUICK if args.quick else FULL
-    nuclei = args.nuclei or (str(AAL3) if AAL3.exists() else "builtin")
+    nuclei = args.nuclei or default_nuclei()
     root = args.out.resolve()
     root.mkdir(parents=True, exist_ok=True)
     results = root / "results"
@@ -190,7 +201,7 @@ def main(argv=None) -> int:
             **stamp(started),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} (shared with other jobs)",
             "quick": args.quick, "registration_quality": args.registration_quality, "nprocs": args.nprocs,
-            "nuclei": nuclei, "nuclei_is_aal3": nuclei != "builtin" and "AAL3" in nuclei,
+            "nuclei": nuclei, "nuclei_is_aal3": is_aal3(nuclei),
             "plan": {k: v for k, v in plan.items() if k != "conditions"},
             "conditions": {f: [lvl for lvl, _ in levels] for f, levels in plan["conditions"].items()},
             "phantom": {k: list(v) if isinstance(v, tuple) else v for k, v in PHANTOM.items()},

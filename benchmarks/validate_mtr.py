@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from validate import AAL3, log  # noqa: E402
+from validate import AAL3, is_aal3, log  # noqa: E402
 from validation import mtr as vm  # noqa: E402
 from validation.runs import run_participant_level, stamp  # noqa: E402
 from validation.report import md_table  # noqa: E402
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
                     raise SystemExit(f"nmbids exited {rc} on {d} (see {d / 'nmbids.log'})")
                 frames.append(vm.cell_values(d, snr, rep))
         pd.concat(frames, ignore_index=True).to_csv(results / "mtr_values.tsv", sep="\t", index=False)
-        meta = dict(stamp(t0), n_subjects=args.n, nuclei=nuclei, aal3=nuclei != "builtin" and "AAL3" in nuclei)
+        meta = dict(stamp(t0), n_subjects=args.n, nuclei=nuclei, aal3=is_aal3(nuclei))
         (results / "mtr_run.json").write_text(json.dumps(meta, indent=1))
     meta = json.loads((results / "mtr_run.json").read_text())
     values = pd.read_csv(results / "mtr_values.tsv", sep="\t")

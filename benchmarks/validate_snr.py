@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from validate import AAL3, log  # noqa: E402
+from validate import default_nuclei, is_aal3, log  # noqa: E402
 from validation import measure, snr_sweep as sw  # noqa: E402
 from validation.report import md_table  # noqa: E402
 from validation.runs import run_participant_level, stamp  # noqa: E402
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
                     help="the pipeline's ROIs (cit168: only where the CIT168 files are installed)")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)
-    nuclei = args.nuclei or (str(AAL3) if AAL3.exists() else "builtin")
+    nuclei = args.nuclei or default_nuclei()
     suffix = "" if args.atlas == "builtin" else f"_{args.atlas}"
     root = args.out.resolve()
     if args.atlas == "cit168":
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
             rows += sw.measure_level(base / "out", level, snr, meas)
         sweep = sw.with_truth(pd.DataFrame(rows), json.loads((base / "truth.json").read_text()))
         sweep.to_csv(results / "snr_sweep_values.tsv", sep="\t", index=False)
-        meta = dict(stamp(t0), n_subjects=args.n, aal3=nuclei != "builtin" and "AAL3" in nuclei,
+        meta = dict(stamp(t0), n_subjects=args.n, aal3=is_aal3(nuclei),
                     atlas=args.atlas, suffix=suffix)
         (results / "snr_sweep_run.json").write_text(json.dumps(meta, indent=1))
     meta = json.loads((results / "snr_sweep_run.json").read_text())
