@@ -115,7 +115,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from validate import AAL3, log  # noqa: E402
+from validate import default_nuclei, log  # noqa: E402
 from validation import measure as vm, snr_sweep as sw, stats as st  # noqa: E402
 
 from nmbids import measures as m  # noqa: E402
@@ -139,8 +139,7 @@ ROIS = ("SN", "VTA", "LC")
 
 
 def cohort_kwargs(geometry: str, n: int) -> dict:
-    nuclei = str(AAL3) if AAL3.exists() else "builtin"
-    kw = sw.cohort(nuclei, n_subjects=n)
+    kw = sw.cohort(default_nuclei(), n_subjects=n)
     kw.update(GEOMETRIES[geometry]["kwargs"])
     return kw
 
@@ -207,23 +206,31 @@ def box10() -> np.ndarray:
 
 # ---------------------------------------------------------------- measuring
 
+def reference_values(nm: np.ndarray, masks: dict, profile) -> dict:
+    """The profile's reference values (``DEFAULT_REF_STAT``) on the k-repeat mean image, by reference ROI."""
+    return {r: m.reference_value(nm[masks[(r, "bilateral")]], DEFAULT_REF_STAT, min_voxels=profile.min_voxels)
+            for r in set(profile.references.values())}
+
+
+def measurable(masks: dict, cov: dict, roi: str, hemi: str, profile, ref: float) -> bool:
+    """The pipeline's condition for a value: the ROI is labelled, covered and has a finite reference."""
+    c = cov.get((roi, hemi), np.nan)
+    return (roi, hemi) in masks and bool(np.isfinite(c) and c >= profile.min_coverage) and bool(np.isfinite(ref))
+
+
 def cr_rows(nm: np.ndarray, values: list, scores: list, dseg: np.ndarray, table: pd.DataFrame,
             cov: dict, profile, vox: float) -> list[dict]:
     """CR of SN, VTA (top volume) and LC (slice max) per hemisphere (L, R). ``nm`` is the
     k-repeat mean image (references); ``values``/``scores`` lists of images of equal length:
     in image j the voxels are chosen by scores[j] and values[j] averaged; pooled over j."""
     masks = region_masks(dseg, table)
+    refs = reference_values(nm, masks, profile)
     out = []
-    refs = {}
-    for ref_roi in set(profile.references.values()):
-        refs[ref_roi] = m.reference_value(nm[masks[(ref_roi, "bilateral")]], DEFAULT_REF_STAT,
-                                          min_voxels=profile.min_voxels)
     for roi in ROIS:
         ref_roi = profile.references[roi]
         ref = refs[ref_roi]
         for hemi in ("L", "R"):
-            c = cov.get((roi, hemi), np.nan)
-            if (roi, hemi) not in masks or not (np.isfinite(c) and c >= profile.min_coverage) or not np.isfinite(ref):
+            if not measurable(masks, cov, roi, hemi, profile, ref):
                 out.append(dict(roi=roi, hemi=hemi, value=np.nan))
                 continue
             mask = masks[(roi, hemi)]
@@ -269,13 +276,11 @@ def deconv_rows(nm: np.ndarray, dseg: np.ndarray, table: pd.DataFrame, cov: dict
     region (``npmle_tail_mean``, sigma from ``noise_sd`` in the SN reference), over the reference."""
     masks = region_masks(dseg, table)
     ref_roi = profile.references["SN"]
-    refmask = masks[(ref_roi, "bilateral")]
-    ref = m.reference_value(nm[refmask], DEFAULT_REF_STAT, min_voxels=profile.min_voxels)
-    sigma = m.noise_sd(nm, refmask, 2, profile.min_voxels)
+    ref = reference_values(nm, masks, profile)[ref_roi]
+    sigma = m.noise_sd(nm, masks[(ref_roi, "bilateral")], 2, profile.min_voxels)
     out = []
     for hemi in ("L", "R"):
-        c = cov.get(("SN", hemi), np.nan)
-        if ("SN", hemi) not in masks or not (np.isfinite(c) and c >= profile.min_coverage) or not np.isfinite(ref):
+        if not measurable(masks, cov, "SN", hemi, profile, ref):
             out.append(dict(roi="SN", hemi=hemi, value=np.nan))
             continue
         v = nm[masks[("SN", hemi)]]
@@ -347,7 +352,7 @@ def candidates(geometry: str) -> list[str]:
     names = ["nb8", "nb26", "nb10"] + [f"g{s:g}" for s in SIGMAS] + [f"g3d{s:g}" for s in SIGMAS]
     if max(GEOMETRIES[geometry]["repeats"]) > 1:
         names += ["xrep", "xrep_g0.75"]
-    return names
+    return names + ["deconv"]  # not a score: ``deconv_rows`` (SN only)
 
 
 def score_images(name: str, reps: list, field: np.ndarray, spacing) -> tuple[list, list]:
