@@ -458,8 +458,7 @@ def score(geometry: str, only: list[str] | None = None) -> None:
     g = GEOMETRIES[geometry]
     base_out = gdir(geometry) / f"snr-{sw.BASE_SNR:g}" / "out"
     meas = vm.load_measures(base_out)
-    table = pd.read_csv(vm._one(base_out / "atlas", "tpl-*_atlas-nmbids_dseg.nii.gz").with_suffix("").with_suffix(".tsv"),
-                        sep="\t")
+    table = vm.atlas_table(base_out)
     rows, timing = [], []
     for snr in g["snrs"]:
         truth = json.loads((gdir(geometry) / f"snr-{snr:g}" / "truth.json").read_text())
@@ -507,8 +506,7 @@ def check_against_pipeline(geometry: str = "main", snr: float = 25.0) -> pd.Data
     from nmbids.roi_measures import Grid, measure_rois
     base_out = gdir(geometry) / f"snr-{sw.BASE_SNR:g}" / "out"
     meas = vm.load_measures(base_out)
-    table = pd.read_csv(vm._one(base_out / "atlas", "tpl-*_atlas-nmbids_dseg.nii.gz").with_suffix("").with_suffix(".tsv"),
-                        sep="\t")
+    table = vm.atlas_table(base_out)
     vals = pd.read_csv(gdir(geometry) / "results" / "values.tsv", sep="\t")
     out = []
     for p in sorted((gdir(geometry) / "cache" / f"snr-{snr:g}").glob("*.npz"))[:4]:
@@ -544,8 +542,7 @@ def purity(geometry: str) -> pd.DataFrame:
     readily as its core."""
     g = GEOMETRIES[geometry]
     base_out = gdir(geometry) / f"snr-{sw.BASE_SNR:g}" / "out"
-    table = pd.read_csv(vm._one(base_out / "atlas", "tpl-*_atlas-nmbids_dseg.nii.gz").with_suffix("").with_suffix(".tsv"),
-                        sep="\t")
+    table = vm.atlas_table(base_out)
     labels = {"L": 1, "R": 2}  # nmbids-simulate's truth labels SN_L, SN_R
     rows = []
     for snr in g["snrs"]:
@@ -576,10 +573,7 @@ def purity(geometry: str) -> pd.DataFrame:
                     inside = tdseg.ravel()[top] == lab
                     core = region & (tprob[..., lab - 1] >= 0.999)
                     true = acq["cr"]["SN"][hemi]
-
-                    def cr(vals):
-                        return float(np.mean(vals)) / ref - 1.0 if vals.size else np.nan
-
+                    cr = lambda vals: float(np.mean(vals)) / ref - 1.0 if vals.size else np.nan  # noqa: E731
                     rows.append(dict(acq_type=acq_type, snr=snr, n_repeats=int(k), sub=sub, ses=ses, hemi=hemi,
                                      n_chosen=n, n_core=int(core.sum()), purity=float(inside.mean()),
                                      chosen=cr(nm.ravel()[top]) / true, chosen_inside=cr(nm.ravel()[top][inside]) / true,

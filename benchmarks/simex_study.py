@@ -80,8 +80,7 @@ def run(geometry: str, draws: int, acqs, ks) -> pd.DataFrame:
     g = ss.GEOMETRIES[geometry]
     base_out = ss.gdir(geometry) / f"snr-{sw.BASE_SNR:g}" / "out"
     meas = vm.load_measures(base_out)
-    table = pd.read_csv(vm._one(base_out / "atlas", "tpl-*_atlas-nmbids_dseg.nii.gz").with_suffix("").with_suffix(".tsv"),
-                        sep="\t")
+    table = vm.atlas_table(base_out)
     rows = []
     for snr in g["snrs"]:
         truth = json.loads((ss.gdir(geometry) / f"snr-{snr:g}" / "truth.json").read_text())

@@ -87,11 +87,21 @@ def _one(folder: Path, pattern: str) -> Path:
     return hits[0]
 
 
+def atlas_image(out: Path) -> Path:
+    """The run's atlas label image, ``OUTPUT_DIR/atlas/tpl-<space>_atlas-nmbids_dseg.nii.gz``."""
+    return _one(Path(out) / "atlas", "tpl-*_atlas-nmbids_dseg.nii.gz")
+
+
+def atlas_table(out: Path) -> pd.DataFrame:
+    """The label table beside the run's atlas image."""
+    return pd.read_csv(atlas_image(out).with_suffix("").with_suffix(".tsv"), sep="\t")
+
+
 def session_files(out: Path, sub: str, ses: str, acq_type: str) -> dict:
     """Paths of the outputs of one NM source and its session."""
     d = anat_dir(out, sub, ses)
     a = f"*_acq-{ACQ_LABEL[acq_type]}_"
-    atlas = _one(Path(out) / "atlas", "tpl-*_atlas-nmbids_dseg.nii.gz")
+    atlas = atlas_image(out)
     space = atlas.name.split("_")[0][len("tpl-"):]
     return {
         "nm": _one(d, f"{a}desc-preproc_NM.nii.gz"),
